@@ -1,0 +1,5 @@
+pub mod config;
+pub mod cors;
+pub mod ipset;
+pub mod path;
+pub mod router;
