@@ -1,5 +1,32 @@
+//! Portcullis: a Kong-compatible access gateway.
+//!
+//! Module map:
+//! - `config`: YAML → positioned tree (`raw`) → validated model (`decode`) → `Snapshot` (`compile`)
+//! - `snapshot`: the immutable compiled config a request reads
+//! - `path`, `router`: Kong's path normalisation, strip_path joins and route matching
+//! - `plugins`: the closed plugin enum and one file per plugin (`cors`, `ipset` hold their cores)
+//! - `proxy`: the life of one request; `upstream`: pooled clients, retries, error classes
+//! - `error`: every gateway-made response; `access_log`: combined/JSON lines
+//! - `server`: listeners, the status endpoint, graceful shutdown
+//!
+//! The life of one request: the server accepts and calls `proxy::handle`, which loads
+//! the snapshot once (a reload midway doesn't affect it), computes the real client IP,
+//! normalises the path, asks the router for the route (404 if none), runs the route's
+//! plugin chain in priority order (the first plugin that answers wins), streams the
+//! request to the upstream and the response back, runs the response hooks (CORS), and
+//! writes the access log line when the body is done.
+
+pub mod access_log;
+pub mod body;
+pub mod cli;
 pub mod config;
 pub mod cors;
+pub mod error;
 pub mod ipset;
 pub mod path;
+pub mod plugins;
+pub mod proxy;
 pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -215,12 +215,17 @@ mod tests {
 
     #[test]
     fn positions_are_kept() {
-        let n = parse("_format_version: '3.0'\nservices:\n  - name: a\n    url: http://x\n").unwrap();
+        let n =
+            parse("_format_version: '3.0'\nservices:\n  - name: a\n    url: http://x\n").unwrap();
         let Value::Map(m) = n.value else { panic!() };
         assert_eq!(m[1].0.name, "services");
         assert_eq!(m[1].0.pos, Pos { line: 2, col: 1 });
-        let Value::Seq(s) = &m[1].1.value else { panic!() };
-        let Value::Map(svc) = &s[0].value else { panic!() };
+        let Value::Seq(s) = &m[1].1.value else {
+            panic!()
+        };
+        let Value::Map(svc) = &s[0].value else {
+            panic!()
+        };
         assert_eq!(svc[1].0.name, "url");
         assert_eq!(svc[1].0.pos, Pos { line: 4, col: 5 });
         assert_eq!(svc[1].1.pos, Pos { line: 4, col: 10 });

@@ -1,0 +1,210 @@
+//! What the subcommands do, kept out of `main.rs` so tests can reach it.
+
+use crate::access_log;
+use crate::config;
+use crate::ipset::IpSet;
+use crate::proxy::{Gateway, ReloadStatus, Settings};
+use crate::server;
+use crate::upstream::ClientCache;
+use arc_swap::ArcSwap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// The default config, compiled into the binary: served when no file is named and
+/// ./gateway.yaml does not exist.
+pub const EMBEDDED_CONFIG: &str = include_str!("../gateway.yaml");
+pub const EMBEDDED_NAME: &str = "<embedded gateway.yaml>";
+
+/// Where the config comes from: the flag/env, else KONG_DECLARATIVE_CONFIG, else
+/// ./gateway.yaml, else the embedded copy (None).
+pub fn config_path(flag: Option<String>) -> Option<String> {
+    if let Some(p) = flag {
+        return Some(p);
+    }
+    if let Ok(p) = std::env::var("KONG_DECLARATIVE_CONFIG")
+        && !p.is_empty()
+    {
+        return Some(p);
+    }
+    if std::path::Path::new("gateway.yaml").exists() {
+        return Some("gateway.yaml".into());
+    }
+    None
+}
+
+pub fn check(flag: Option<String>) -> ExitCode {
+    let (name, text) = match config_path(flag) {
+        Some(p) => match std::fs::read_to_string(&p) {
+            Ok(t) => (p, t),
+            Err(e) => {
+                eprintln!("{p}:1:1: cannot read the config file: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => (EMBEDDED_NAME.to_string(), EMBEDDED_CONFIG.to_string()),
+    };
+    match config::load_config(&name, &text) {
+        Ok(cfg) => {
+            println!(
+                "{name}: OK ({} services, {} routes, {} plugins, {} consumers)",
+                cfg.services.len(),
+                cfg.routes.len(),
+                cfg.plugins.len(),
+                cfg.consumers.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            for e in &errs.0 {
+                println!("{e}");
+            }
+            eprintln!("{name}: {} error(s)", errs.0.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub config: Option<String>,
+    pub listen: String,
+    pub status_listen: String,
+    pub trusted_ips: Option<String>,
+    pub real_ip_header: Option<String>,
+    pub real_ip_recursive: bool,
+    pub access_log: String,
+}
+
+fn settings(o: &RunOptions) -> Result<Settings, String> {
+    let mut s = Settings::default();
+    if let Some(list) = &o.trusted_ips {
+        let entries: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        s.trusted_ips = IpSet::parse(&entries).map_err(|errs| {
+            errs.into_iter()
+                .map(|(_, m)| format!("--trusted-ips: {m}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+    }
+    if let Some(h) = &o.real_ip_header {
+        s.real_ip_header = http::HeaderName::from_bytes(h.trim().as_bytes())
+            .map_err(|_| format!("--real-ip-header: invalid header name '{h}'"))?;
+    }
+    s.real_ip_recursive = o.real_ip_recursive;
+    s.access_log = o
+        .access_log
+        .parse::<access_log::Format>()
+        .map_err(|e| format!("--access-log: {e}"))?;
+    Ok(s)
+}
+
+pub fn run(o: RunOptions) -> ExitCode {
+    let settings = match settings(&o) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let clients = ClientCache::default();
+        let path = config_path(o.config.clone());
+        let loaded = match &path {
+            Some(p) => config::load(p, 1, &clients),
+            None => config::load_bytes(EMBEDDED_NAME, EMBEDDED_CONFIG.as_bytes(), 1, &clients),
+        };
+        let snap = match loaded {
+            Ok(s) => s,
+            Err(errs) => {
+                for e in &errs.0 {
+                    eprintln!("{e}");
+                }
+                eprintln!("portcullis: the config is invalid; not starting");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(
+            config = snap.file.as_str(),
+            routes = snap.config.routes.len(),
+            hash = snap.config_hash.as_str(),
+            "config loaded"
+        );
+        let gw = Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snap),
+            settings,
+            clients,
+            status: std::sync::Mutex::new(ReloadStatus::default()),
+        });
+
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let shutdown = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            }
+        };
+        let mut tasks = Vec::new();
+        if o.listen != "off" {
+            for addr in o.listen.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                let l = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("portcullis: cannot listen on {addr}: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "proxy listening");
+                tasks.push(tokio::spawn(server::run(Arc::clone(&gw), l, shutdown())));
+            }
+        }
+        if o.status_listen != "off" {
+            let addr = o.status_listen.trim();
+            let l = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("portcullis: cannot listen on {addr} (status): {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "status listening");
+            tasks.push(tokio::spawn(server::run_status(Arc::clone(&gw), l, shutdown())));
+        }
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

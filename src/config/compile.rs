@@ -1,0 +1,134 @@
+//! Stage 3: `model::Config` → the immutable `Snapshot` the request path reads.
+//! Everything that can be decided once is decided here: the router, each route's
+//! plugin chain in execution order, upstream authorities and Host values, clients.
+
+use super::model::{Config, Route, Scope};
+use super::walk::ConfigError;
+use crate::router::{RouteSpec, Router};
+use crate::snapshot::{ChainLink, CompiledRoute, Snapshot, UpstreamTarget};
+use crate::upstream::ClientCache;
+use std::sync::Arc;
+
+fn spec(r: &Route) -> RouteSpec {
+    RouteSpec {
+        methods: r.methods.clone(),
+        hosts: r.hosts.clone(),
+        headers: r.headers.clone(),
+        paths: r.paths.clone(),
+        regex_priority: r.regex_priority,
+    }
+}
+
+/// Routes that take part in routing: those of enabled services, and serviceless ones.
+fn routable(cfg: &Config) -> Vec<usize> {
+    (0..cfg.routes.len())
+        .filter(|&i| {
+            cfg.routes[i]
+                .service
+                .is_none_or(|s| cfg.services[s].enabled)
+        })
+        .collect()
+}
+
+/// Router build errors (regexes) mapped back to the route's position.
+pub fn check_router(file: &str, cfg: &Config) -> Vec<ConfigError> {
+    let specs: Vec<RouteSpec> = cfg.routes.iter().map(spec).collect();
+    match Router::new(&specs) {
+        Ok(_) => Vec::new(),
+        Err(errs) => errs
+            .into_iter()
+            .map(|e| ConfigError {
+                file: file.to_string(),
+                pos: cfg.routes.get(e.route).map(|r| r.pos).unwrap_or_default(),
+                message: format!(
+                    "route '{}'.{}: {}",
+                    cfg.routes
+                        .get(e.route)
+                        .map(|r| r.display_name().to_string())
+                        .unwrap_or_default(),
+                    e.field,
+                    e.message
+                ),
+            })
+            .collect(),
+    }
+}
+
+/// The plugins that apply to a request on `route` (Kong's precedence: for each plugin
+/// name the most specific scope wins), sorted by PRIORITY, highest first.
+pub fn chain_for(cfg: &Config, route: Option<usize>) -> Vec<ChainLink> {
+    let service = route.and_then(|r| cfg.routes[r].service);
+    let mut best: Vec<(u8, usize)> = Vec::new();
+    for (i, p) in cfg.plugins.iter().enumerate() {
+        if !p.enabled || p.scope.consumer.is_some() {
+            continue;
+        }
+        let applies = match (p.scope.route, p.scope.service) {
+            (None, None) => true,
+            (Some(r), None) => Some(r) == route,
+            (None, Some(s)) => Some(s) == service,
+            (Some(r), Some(s)) => Some(r) == route && Some(s) == service,
+        };
+        if !applies {
+            continue;
+        }
+        let rank = p.scope.rank();
+        match best
+            .iter_mut()
+            .find(|(_, j)| cfg.plugins[*j].name == p.name)
+        {
+            Some(slot) if rank < slot.0 => *slot = (rank, i),
+            Some(_) => {}
+            None => best.push((rank, i)),
+        }
+    }
+    let mut chain: Vec<ChainLink> = best
+        .into_iter()
+        .map(|(_, i)| ChainLink {
+            plugin: Arc::clone(&cfg.plugins[i].plugin),
+            scope: cfg.plugins[i].scope,
+            pos: cfg.plugins[i].pos,
+        })
+        .collect();
+    chain.sort_by_key(|l| std::cmp::Reverse(l.plugin.priority()));
+    chain
+}
+
+pub fn compile(
+    cfg: Config,
+    file: &str,
+    config_hash: String,
+    generation: u64,
+    clients: &ClientCache,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let routable = routable(&cfg);
+    let specs: Vec<RouteSpec> = routable.iter().map(|&i| spec(&cfg.routes[i])).collect();
+    let router = Router::new(&specs).map_err(|_| check_router(file, &cfg))?;
+    let upstreams: Vec<Arc<UpstreamTarget>> = cfg
+        .services
+        .iter()
+        .map(|s| Arc::new(UpstreamTarget::new(s, clients)))
+        .collect();
+    let routes = routable
+        .iter()
+        .map(|&i| CompiledRoute {
+            index: i,
+            chain: chain_for(&cfg, Some(i)),
+            upstream: cfg.routes[i].service.map(|s| Arc::clone(&upstreams[s])),
+        })
+        .collect();
+    let global_chain = chain_for(&cfg, None)
+        .into_iter()
+        .filter(|l| l.scope == Scope::default())
+        .collect();
+    Ok(Snapshot {
+        generation,
+        config_hash,
+        file: file.to_string(),
+        loaded_at: std::time::SystemTime::now(),
+        router,
+        routes,
+        global_chain,
+        config: cfg,
+    })
+}

@@ -1,0 +1,667 @@
+//! The life of one request (see `lib.rs`): snapshot, client IP, normalised path,
+//! route, plugin chain, upstream exchange, response hooks, access log.
+
+use crate::access_log::{self, LoggedBody, Record};
+use crate::body::{self, Body};
+use crate::config::model::Route;
+use crate::error::GatewayError;
+use crate::ipset::{IpSet, real_client_ip};
+use crate::path;
+use crate::plugins::{Flow, RequestCtx};
+use crate::router::{Captures, RequestInfo};
+use crate::snapshot::{ChainLink, Snapshot};
+use crate::upstream;
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+pub const SERVER: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
+const VIA_11: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
+const VIA_2: &str = concat!("2 portcullis/", env!("CARGO_PKG_VERSION"));
+const VIA_10: &str = concat!("1.0 portcullis/", env!("CARGO_PKG_VERSION"));
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PATH: HeaderName = HeaderName::from_static("x-forwarded-path");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-kong-request-id");
+static X_UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-kong-upstream-latency");
+static X_PROXY_LATENCY: HeaderName = HeaderName::from_static("x-kong-proxy-latency");
+static X_RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-kong-response-latency");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static PROXY: HeaderName = HeaderName::from_static("proxy");
+
+/// Process-wide settings that do not change on reload (they come from flags).
+pub struct Settings {
+    pub trusted_ips: IpSet,
+    pub real_ip_header: HeaderName,
+    pub real_ip_recursive: bool,
+    pub access_log: access_log::Format,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            trusted_ips: IpSet::default(),
+            real_ip_header: X_REAL_IP.clone(),
+            real_ip_recursive: false,
+            access_log: access_log::Format::Combined,
+        }
+    }
+}
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub settings: Settings,
+    pub clients: upstream::ClientCache,
+    pub status: std::sync::Mutex<ReloadStatus>,
+}
+
+#[derive(Default, Clone)]
+pub struct ReloadStatus {
+    pub last_reload_error: Option<String>,
+}
+
+/// What the listener knows about the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Listener {
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// A cheap unique request id (32 hex digits): a per-process random prefix and a counter.
+fn request_id() -> String {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let u = uuid::Uuid::new_v4().as_u128();
+        (u >> 64) as u64 ^ u as u64
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64 scrambles the counter so ids don't look sequential.
+    let mut z = n.wrapping_add(seed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    format!("{seed:016x}{z:016x}")
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn basic_user(h: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let dec = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let s = String::from_utf8(dec).ok()?;
+    s.split_once(':').map(|(u, _)| u.to_string())
+}
+
+/// Entry point from the server for every request.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    listener: Listener,
+) -> Response<Body> {
+    let start = Instant::now();
+    let snap = gw.snapshot.load_full();
+    let request_id = request_id();
+    let client_ip = real_client_ip(
+        peer.ip(),
+        &gw.settings.trusted_ips,
+        &gw.settings.real_ip_header,
+        gw.settings.real_ip_recursive,
+        req.headers(),
+    );
+    let log_format = gw.settings.access_log;
+    let mut record = (log_format != access_log::Format::Off).then(|| {
+        Box::new(Record {
+            format: log_format,
+            client_ip,
+            remote_user: basic_user(req.headers()),
+            method: req.method().as_str().to_string(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            version: version_str(req.version()),
+            status: 0,
+            referer: header_str(req.headers(), &header::REFERER),
+            user_agent: header_str(req.headers(), &header::USER_AGENT),
+            route: None,
+            service: None,
+            request_id: request_id.clone(),
+            start,
+            upstream_ms: None,
+        })
+    });
+
+    let ex = Exchange {
+        gw: &gw,
+        snap: &snap,
+        peer,
+        client_ip,
+        listener,
+        request_id: &request_id,
+        start,
+    };
+    let (mut resp, info) = ex.run(req).await;
+
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert(X_REQUEST_ID.clone(), v);
+    }
+    match info.upstream_ms {
+        Some(up) => {
+            if !h.contains_key(header::SERVER) {
+                h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+            }
+            h.insert(X_UPSTREAM_LATENCY.clone(), HeaderValue::from(up as u64));
+            let proxy_ms = info.proxy_ms.unwrap_or(0);
+            h.insert(X_PROXY_LATENCY.clone(), HeaderValue::from(proxy_ms as u64));
+        }
+        None => {
+            h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+            h.insert(
+                X_RESPONSE_LATENCY.clone(),
+                HeaderValue::from(start.elapsed().as_millis() as u64),
+            );
+        }
+    }
+
+    match record.as_mut() {
+        Some(r) => {
+            r.status = resp.status().as_u16();
+            r.route = info.route;
+            r.service = info.service;
+            r.upstream_ms = info.upstream_ms;
+        }
+        None => return resp,
+    }
+    match record {
+        Some(r) => resp.map(|b| LoggedBody::new(b, r).boxed()),
+        None => resp,
+    }
+}
+
+fn header_str(h: &HeaderMap, name: &HeaderName) -> Option<String> {
+    h.get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+#[derive(Default)]
+struct Info {
+    route: Option<String>,
+    service: Option<String>,
+    upstream_ms: Option<u128>,
+    proxy_ms: Option<u128>,
+}
+
+struct Exchange<'a> {
+    gw: &'a Gateway,
+    snap: &'a Snapshot,
+    peer: SocketAddr,
+    client_ip: IpAddr,
+    listener: Listener,
+    request_id: &'a str,
+    start: Instant,
+}
+
+impl Exchange<'_> {
+    fn ctx<'r>(
+        &'r self,
+        method: &'r Method,
+        uri: &'r http::Uri,
+        headers: &'r HeaderMap,
+    ) -> RequestCtx<'r> {
+        RequestCtx {
+            method,
+            uri,
+            headers,
+            client_ip: self.client_ip,
+            request_id: self.request_id,
+        }
+    }
+
+    fn error(&self, e: GatewayError, req_headers: &HeaderMap, method: &Method) -> Response<Body> {
+        e.response(req_headers, method == Method::HEAD, self.request_id)
+    }
+
+    async fn run(&self, req: Request<Incoming>) -> (Response<Body>, Info) {
+        let mut info = Info::default();
+        let (parts, body) = req.into_parts();
+        let method = parts.method.clone();
+
+        if method == Method::TRACE {
+            return (
+                self.error(GatewayError::MethodNotAllowed, &parts.headers, &method),
+                info,
+            );
+        }
+        let host_raw: Option<&str> = match parts.headers.get(header::HOST) {
+            Some(h) => match h.to_str() {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    return (
+                        self.error(GatewayError::BadRequest, &parts.headers, &method),
+                        info,
+                    );
+                }
+            },
+            None => parts.uri.authority().map(|a| a.as_str()),
+        };
+        if host_raw.is_none() && parts.version == Version::HTTP_11 {
+            return (
+                self.error(GatewayError::BadRequest, &parts.headers, &method),
+                info,
+            );
+        }
+        if path::check_nginx_uri(parts.uri.path()).is_err() {
+            return (
+                self.error(GatewayError::BadRequest, &parts.headers, &method),
+                info,
+            );
+        }
+        let normalized = match path::normalize(parts.uri.path()) {
+            Ok(p) => p,
+            Err(_) => {
+                return (
+                    self.error(GatewayError::BadRequest, &parts.headers, &method),
+                    info,
+                );
+            }
+        };
+        let found = self.snap.router.find(&RequestInfo {
+            method: method.as_str(),
+            host: host_raw,
+            listener_port: self.listener.port,
+            path: &normalized,
+            headers: &parts.headers,
+        });
+        let Some(m) = found else {
+            let mut resp = self.error(GatewayError::NoRoute, &parts.headers, &method);
+            let ctx = self.ctx(&method, &parts.uri, &parts.headers);
+            run_header_filters(&self.snap.global_chain, &ctx, resp.headers_mut());
+            return (resp, info);
+        };
+        let Some(compiled) = self.snap.routes.get(m.route) else {
+            return (
+                self.error(GatewayError::Internal, &parts.headers, &method),
+                info,
+            );
+        };
+        let route: &Route = &self.snap.config.routes[compiled.index];
+        info.route = Some(route.display_name().to_string());
+        info.service = compiled.upstream.as_ref().map(|u| u.name.clone());
+
+        // Protocol check: an https-only route hit over plain http.
+        let forwarded_https = self.gw.settings.trusted_ips.contains(self.peer.ip())
+            && parts
+                .headers
+                .get(&X_FORWARDED_PROTO)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        let is_https = self.listener.tls || forwarded_https;
+        if !is_https && !route.http && route.https {
+            let resp = if route.https_redirect_status_code == 426 {
+                self.error(GatewayError::HttpsRequired, &parts.headers, &method)
+            } else {
+                let host = host_raw.map(strip_port).unwrap_or("");
+                let target = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let mut r = Response::new(body::empty());
+                *r.status_mut() = StatusCode::from_u16(route.https_redirect_status_code)
+                    .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+                if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{target}")) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                r
+            };
+            return (resp, info);
+        }
+
+        let chain: &[ChainLink] = &compiled.chain;
+        // Access phase.
+        {
+            let ctx = self.ctx(&method, &parts.uri, &parts.headers);
+            for link in chain {
+                match link.plugin.access(&ctx) {
+                    Flow::Continue => {}
+                    Flow::Respond(mut resp) => {
+                        run_header_filters(chain, &ctx, resp.headers_mut());
+                        return (resp, info);
+                    }
+                    Flow::Echo { status, message } => {
+                        let mut resp = crate::plugins::request_termination::echo(
+                            status,
+                            message.as_deref(),
+                            &parts,
+                            body,
+                            self.listener,
+                            &m.captures,
+                            route,
+                            compiled
+                                .upstream
+                                .as_ref()
+                                .and_then(|_| route.service)
+                                .map(|s| &self.snap.config.services[s]),
+                        )
+                        .await;
+                        run_header_filters(chain, &ctx, resp.headers_mut());
+                        return (resp, info);
+                    }
+                }
+            }
+        }
+
+        let Some(upstream) = compiled.upstream.as_ref() else {
+            let mut resp = self.error(GatewayError::NoService, &parts.headers, &method);
+            let ctx = self.ctx(&method, &parts.uri, &parts.headers);
+            run_header_filters(chain, &ctx, resp.headers_mut());
+            return (resp, info);
+        };
+
+        // Build the upstream request.
+        let escaped = path::escape(&normalized);
+        // The router measured the match on normalized bytes; the join works on the
+        // escaped path, where the same prefix may be longer.
+        let escaped_match = m
+            .matched_len
+            .map(|n| path::escaped_len(&normalized[..n.min(normalized.len())]));
+        let strip = if route.strip_path {
+            escaped_match
+        } else {
+            None
+        };
+        let mut target = path::upstream_path_v0(upstream.path.as_deref(), &escaped, strip);
+        if let Some(q) = parts.uri.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let uri = match http::Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query(target)
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => {
+                return (
+                    self.error(GatewayError::BadRequest, &parts.headers, &method),
+                    info,
+                );
+            }
+        };
+
+        // Errors after this point negotiate their body from these two headers.
+        let accept = parts.headers.get(header::ACCEPT).cloned();
+        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+        let needs_req_headers = chain.iter().any(|l| l.plugin.has_header_filter());
+        let saved_headers = needs_req_headers.then(|| parts.headers.clone());
+        let saved_uri = needs_req_headers.then(|| parts.uri.clone());
+
+        let prefix = match escaped_match {
+            Some(n) if route.strip_path && n > 0 => {
+                let p = &escaped[..n.min(escaped.len())];
+                (p != "/").then(|| p.to_string())
+            }
+            _ => None,
+        };
+        let host_owned = host_raw.map(str::to_string);
+        let mut headers = parts.headers;
+        let version = parts.version;
+        let raw_path = parts.uri.path().to_string();
+        self.upstream_headers(
+            &mut headers,
+            host_owned,
+            route.preserve_host,
+            &upstream.host_header,
+            &raw_path,
+            prefix.as_deref(),
+            version,
+        );
+        let mut up_req = Request::new(body);
+        *up_req.method_mut() = method.clone();
+        *up_req.uri_mut() = uri;
+        *up_req.headers_mut() = headers;
+        *up_req.version_mut() = Version::HTTP_11;
+
+        let sent_at = Instant::now();
+        info.proxy_ms = Some(sent_at.duration_since(self.start).as_millis());
+        let result = upstream::send(&upstream.client, up_req, upstream.retries).await;
+        info.upstream_ms = Some(sent_at.elapsed().as_millis());
+
+        let req_headers = saved_headers.unwrap_or_default();
+        let req_uri = saved_uri.unwrap_or_default();
+        let ctx = self.ctx(&method, &req_uri, &req_headers);
+        match result {
+            Ok(resp) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                let via = match rparts.headers.get(header::VIA) {
+                    Some(v) => HeaderValue::from_str(&format!(
+                        "{}, {VIA_11}",
+                        String::from_utf8_lossy(v.as_bytes())
+                    ))
+                    .unwrap_or(HeaderValue::from_static(VIA_11)),
+                    None => HeaderValue::from_static(VIA_11),
+                };
+                rparts.headers.insert(header::VIA, via);
+                run_header_filters(chain, &ctx, &mut rparts.headers);
+                let body = rbody
+                    .map_err(|e| Box::new(e) as crate::body::BoxError)
+                    .boxed();
+                (Response::from_parts(rparts, body), info)
+            }
+            Err((kind, err)) => {
+                tracing::warn!(
+                    route = route.display_name(),
+                    service = upstream.name.as_str(),
+                    error = %err,
+                    "upstream request failed"
+                );
+                info.upstream_ms = None;
+                let mut negotiate = HeaderMap::new();
+                if let Some(a) = accept {
+                    negotiate.insert(header::ACCEPT, a);
+                }
+                if let Some(c) = content_type {
+                    negotiate.insert(header::CONTENT_TYPE, c);
+                }
+                let mut resp = self.error(kind, &negotiate, &method);
+                run_header_filters(chain, &ctx, resp.headers_mut());
+                (resp, info)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upstream_headers(
+        &self,
+        h: &mut HeaderMap,
+        host_raw: Option<String>,
+        preserve_host: bool,
+        upstream_host: &HeaderValue,
+        raw_path: &str,
+        prefix: Option<&str>,
+        version: Version,
+    ) {
+        strip_hop_by_hop(h);
+        h.remove(&PROXY);
+
+        let trusted = self.gw.settings.trusted_ips.contains(self.peer.ip());
+        // X-Forwarded-For: the client's list plus the TCP peer, else the real IP.
+        let xff = match joined(h, &X_FORWARDED_FOR) {
+            Some(list) => format!("{list}, {}", self.peer.ip()),
+            None => self.client_ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        h.insert(X_REAL_IP.clone(), HeaderValue::from(self.client_ip_value()));
+        let set = |h: &mut HeaderMap, name: &HeaderName, value: HeaderValue| {
+            if !(trusted && h.contains_key(name)) {
+                h.insert(name.clone(), value);
+            }
+        };
+        set(
+            h,
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if self.listener.tls { "https" } else { "http" }),
+        );
+        if let Some(host) = host_raw.as_deref() {
+            let bare = strip_port(host).to_ascii_lowercase();
+            if let Ok(v) = HeaderValue::from_str(&bare) {
+                set(h, &X_FORWARDED_HOST, v);
+            }
+        }
+        set(h, &X_FORWARDED_PORT, HeaderValue::from(self.listener.port));
+        if let Ok(v) = HeaderValue::from_str(raw_path) {
+            set(h, &X_FORWARDED_PATH, v);
+        }
+        match prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
+            Some(v) => set(h, &X_FORWARDED_PREFIX, v),
+            None => {
+                if !trusted {
+                    h.remove(&X_FORWARDED_PREFIX);
+                }
+            }
+        }
+        // Host
+        match (preserve_host, host_raw) {
+            (true, Some(host)) => {
+                if let Ok(v) = HeaderValue::from_str(&host) {
+                    h.insert(header::HOST, v);
+                }
+            }
+            _ => {
+                h.insert(header::HOST, upstream_host.clone());
+            }
+        }
+        // Via
+        let ours = match version {
+            Version::HTTP_2 => VIA_2,
+            Version::HTTP_10 => VIA_10,
+            _ => VIA_11,
+        };
+        let via = match joined(h, &header::VIA) {
+            Some(v) => HeaderValue::from_str(&format!("{v}, {ours}"))
+                .unwrap_or(HeaderValue::from_static(ours)),
+            None => HeaderValue::from_static(ours),
+        };
+        h.insert(header::VIA, via);
+    }
+
+    fn client_ip_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.client_ip.to_string())
+            .unwrap_or(HeaderValue::from_static("0.0.0.0"))
+    }
+}
+
+fn run_header_filters(chain: &[ChainLink], ctx: &RequestCtx<'_>, resp: &mut HeaderMap) {
+    for link in chain {
+        link.plugin.header_filter(ctx, resp);
+    }
+}
+
+/// All values of a header joined with ", " (how proxies read list headers).
+fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut it = h.get_all(name).iter();
+    let first = it.next()?;
+    let mut s = String::from_utf8_lossy(first.as_bytes()).into_owned();
+    for v in it {
+        s.push_str(", ");
+        s.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(s)
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Removes hop-by-hop headers: the standard ones and those named in Connection.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    h.remove(header::CONNECTION);
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::UPGRADE);
+    let keep_trailers = h
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    h.remove(header::TE);
+    if keep_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+pub fn captures_json(c: &Captures) -> serde_json::Value {
+    let unnamed: Vec<serde_json::Value> = c
+        .numbered
+        .iter()
+        .map(|v| match v {
+            Some(s) => serde_json::Value::String(s.clone()),
+            None => serde_json::Value::Null,
+        })
+        .collect();
+    let named: serde_json::Map<String, serde_json::Value> = c
+        .named
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::json!({ "unnamed": unnamed, "named": named })
+}

@@ -1,0 +1,92 @@
+//! The immutable, compiled configuration one request sees from start to end.
+//! Built by `config::compile`, swapped atomically on reload, never mutated.
+
+use crate::config::model::{Config, Scope, Service};
+use crate::config::raw::Pos;
+use crate::plugins::Plugin;
+use crate::router::Router;
+use crate::upstream::{ClientCache, UpstreamClient};
+use http::HeaderValue;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub config_hash: String,
+    pub file: String,
+    pub loaded_at: SystemTime,
+    pub router: Router,
+    /// Indexed by the router's route index.
+    pub routes: Vec<CompiledRoute>,
+    /// Global plugins: they also see requests that matched no route.
+    pub global_chain: Vec<ChainLink>,
+    pub config: Config,
+}
+
+pub struct CompiledRoute {
+    /// Index into `config.routes`.
+    pub index: usize,
+    pub chain: Vec<ChainLink>,
+    pub upstream: Option<Arc<UpstreamTarget>>,
+}
+
+#[derive(Clone)]
+pub struct ChainLink {
+    pub plugin: Arc<Plugin>,
+    pub scope: Scope,
+    pub pos: Pos,
+}
+
+/// A service, ready to receive requests.
+pub struct UpstreamTarget {
+    pub name: String,
+    /// "http" or "https" for the request URI (ws/wss map to http/https).
+    pub scheme: http::uri::Scheme,
+    /// `host:port` for the request URI (the connection pool key).
+    pub authority: http::uri::Authority,
+    /// Host header when preserve_host is off: host, plus :port unless default.
+    pub host_header: HeaderValue,
+    pub path: Option<String>,
+    pub retries: u32,
+    pub read_timeout: Duration,
+    pub client: UpstreamClient,
+}
+
+impl UpstreamTarget {
+    pub fn new(s: &Service, clients: &ClientCache) -> UpstreamTarget {
+        let tls = s.protocol.is_tls();
+        let host_for_uri = if s.host.contains(':') {
+            format!("[{}]", s.host)
+        } else {
+            s.host.clone()
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let host_header = if s.port == default_port {
+            host_for_uri.clone()
+        } else {
+            format!("{host_for_uri}:{}", s.port)
+        };
+        let authority = format!("{host_for_uri}:{}", s.port)
+            .parse()
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid:1"));
+        UpstreamTarget {
+            name: s.display_name().to_string(),
+            scheme: if tls {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
+            authority,
+            host_header: HeaderValue::from_str(&host_header)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid.invalid")),
+            path: s.path.clone(),
+            retries: s.retries,
+            read_timeout: Duration::from_millis(s.read_timeout_ms),
+            client: clients.get(
+                Duration::from_millis(s.connect_timeout_ms),
+                Duration::from_millis(s.read_timeout_ms),
+                Duration::from_millis(s.write_timeout_ms),
+            ),
+        }
+    }
+}
