@@ -208,3 +208,79 @@ async fn wait_for_signal() {
         }
     }
 }
+
+/// `portcullis explain`: load the config (exactly as `run` would) and describe what
+/// it would do with one request.
+pub fn explain(
+    flag: Option<String>,
+    headers: &[String],
+    client_ip: std::net::IpAddr,
+    method: &str,
+    url: &str,
+) -> ExitCode {
+    let method = match http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+        Ok(m) => m,
+        Err(_) => {
+            eprintln!("portcullis explain: invalid method '{method}'");
+            return ExitCode::from(2);
+        }
+    };
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("portcullis explain: invalid URL '{url}': {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        match crate::explain::parse_header(h) {
+            Ok((n, v)) => {
+                map.append(n, v);
+            }
+            Err(e) => {
+                eprintln!("portcullis explain: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if !map.contains_key(http::header::HOST)
+        && let Some(a) = uri.authority()
+        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+    {
+        map.insert(http::header::HOST, v);
+    }
+    let clients = ClientCache::default();
+    let loaded = match config_path(flag) {
+        Some(p) => config::load(&p, 1, &clients),
+        None => config::load_bytes(EMBEDDED_NAME, EMBEDDED_CONFIG.as_bytes(), 1, &clients),
+    };
+    let snap = match loaded {
+        Ok(s) => s,
+        Err(errs) => {
+            for e in &errs.0 {
+                println!("{e}");
+            }
+            eprintln!("portcullis explain: the config is invalid");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let req = crate::explain::Request {
+        method,
+        uri,
+        headers: map,
+        client_ip,
+    };
+    print!("{}", rt.block_on(crate::explain::explain(&snap, &req)));
+    ExitCode::SUCCESS
+}

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod explain;
 pub mod ipset;
 pub mod path;
 pub mod plugins;

@@ -21,6 +21,24 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file: exit 0 if valid, else 1 listing every error.
     Check(ConfigArg),
+    /// Show what the gateway would do with a request, without sending anything.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Request header, repeatable: -H 'Origin: https://app.example'
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// The client address plugins such as ip-restriction see.
+    #[arg(long, default_value = "127.0.0.1")]
+    client_ip: std::net::IpAddr,
+    /// HTTP method, e.g. GET.
+    method: String,
+    /// The URL as the client would send it, e.g. http://localhost:8000/mcp
+    url: String,
 }
 
 #[derive(Args)]
@@ -66,6 +84,9 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check(a) => cli::check(a.config),
+        Command::Explain(a) => {
+            cli::explain(a.config.config, &a.headers, a.client_ip, &a.method, &a.url)
+        }
         Command::Run(a) => {
             let opts = cli::RunOptions {
                 config: a.config.config,

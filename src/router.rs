@@ -31,6 +31,7 @@
 //!   every regex predicate of the matcher into one map, so a header regex can overwrite a path capture).
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt;
 
 use http::{HeaderMap, HeaderName};
@@ -509,6 +510,9 @@ impl PrefixTrie {
     }
 }
 
+/// Request hosts up to this length are lower-cased on the stack for the host index lookup.
+const HOST_BUF: usize = 256;
+
 /// The compiled routing table: immutable, `Send + Sync`, built once at config load.
 #[derive(Debug)]
 pub struct Router {
@@ -517,10 +521,14 @@ pub struct Router {
     /// All sub-routes, best first (priority key descending, then route index ascending). A sub-route's
     /// position is its rank.
     subs: Vec<SubRoute>,
-    /// Ranks (ascending) of the sub-routes that are not in `trie`.
+    /// Ranks (ascending) of the sub-routes that are neither in `trie` nor in `by_host`.
     general: Vec<usize>,
     /// Unconditional prefix sub-routes.
     trie: PrefixTrie,
+    /// Sub-routes whose hosts are all exact (no wildcard), by lower-cased host: ranks ascending.
+    by_host: HashMap<Box<[u8]>, Vec<usize>>,
+    /// Longest key of `by_host`.
+    max_host_len: usize,
 }
 
 impl Router {
@@ -576,11 +584,26 @@ impl Router {
 
         let mut trie = PrefixTrie::default();
         let mut general = Vec::new();
+        let mut by_host: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
+        let mut max_host_len = 0;
         for (rank, sub) in subs.iter().enumerate() {
+            let route_rules = &rules[sub.route];
             match &sub.path {
-                PathRule::Prefix(prefixes) if rules[sub.route].is_unconditional() => {
+                PathRule::Prefix(prefixes) if route_rules.is_unconditional() => {
                     for p in prefixes {
                         trie.insert(p.as_bytes(), rank);
+                    }
+                }
+                _ if !route_rules.hosts.is_empty()
+                    && route_rules.hosts.iter().all(|h| h.kind == HostKind::Exact) =>
+                {
+                    for h in &route_rules.hosts {
+                        let ranks = by_host.entry(h.text.clone()).or_default();
+                        // Same host with several ports: list the sub-route once.
+                        if ranks.last() != Some(&rank) {
+                            ranks.push(rank);
+                        }
+                        max_host_len = max_host_len.max(h.text.len());
                     }
                 }
                 _ => general.push(rank),
@@ -591,7 +614,31 @@ impl Router {
             subs,
             general,
             trie,
+            by_host,
+            max_host_len,
         })
+    }
+
+    /// Ranks of the exact-host sub-routes for this request host (compared ASCII-case-insensitively).
+    fn host_bucket(&self, host: Option<&[u8]>) -> &[usize] {
+        let Some(host) = host else {
+            return &[];
+        };
+        if host.len() > self.max_host_len {
+            return &[];
+        }
+        let found = if !host.iter().any(u8::is_ascii_uppercase) {
+            self.by_host.get(host)
+        } else if host.len() <= HOST_BUF {
+            let mut buf = [0u8; HOST_BUF];
+            let lower = &mut buf[..host.len()];
+            lower.copy_from_slice(host);
+            lower.make_ascii_lowercase();
+            self.by_host.get(&*lower)
+        } else {
+            self.by_host.get(host.to_ascii_lowercase().as_slice())
+        };
+        found.map_or(&[], Vec::as_slice)
     }
 
     /// The winning route for a request, or None (the gateway answers 404).
@@ -599,7 +646,25 @@ impl Router {
         let r = Req::new(req);
         let plain = self.trie.best_match(r.path);
         let limit = plain.map_or(usize::MAX, |(rank, _)| rank);
-        for &rank in &self.general {
+        let bucket = self.host_bucket(r.host);
+        // Walk `general` and the host's bucket together in rank order (both ascending, disjoint).
+        let (mut gi, mut bi) = (0, 0);
+        loop {
+            let rank = match (self.general.get(gi), bucket.get(bi)) {
+                (Some(&g), Some(&b)) if g < b => {
+                    gi += 1;
+                    g
+                }
+                (_, Some(&b)) => {
+                    bi += 1;
+                    b
+                }
+                (Some(&g), None) => {
+                    gi += 1;
+                    g
+                }
+                (None, None) => break,
+            };
             if rank > limit {
                 break;
             }
@@ -1157,6 +1222,16 @@ mod tests {
         assert_eq!(q("EXAMPLE.com:80").route(&r), Some(0));
         assert_eq!(q("x.FOO.COM").route(&r), Some(1));
         assert_eq!(q("exämple.com").route(&r), None);
+        // host index: hosts longer than the stack buffer, and a request host longer than any pattern
+        let long = format!("{}.com", "Ab".repeat(200));
+        let r = router(&[hosts(&[&long]), hosts(&["x.com:8000", "X.com:9000"])]);
+        let by_host = |h: &str| Q::new("/").host(Some(h)).route(&r);
+        assert_eq!(by_host(&long.to_uppercase()), Some(0));
+        assert_eq!(by_host(&format!("{long}:1")), Some(0));
+        assert_eq!(by_host(&format!("a{long}")), None);
+        assert_eq!(q("X.COM").route(&r), Some(1));
+        assert_eq!(q("X.COM:9000").route(&r), Some(1));
+        assert_eq!(q("X.COM:9001").route(&r), None);
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             message: "the file is empty: expected a map with '_format_version'".into(),
         });
     }
-    match serde_saphyr::from_str::<Spanned<RawValue>>(text) {
+    // YAML 1.2 booleans only: a service named `n` or `off` stays a string. Boolean
+    // fields still accept the YAML 1.1 spellings (see walk.rs).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    match serde_saphyr::from_str_with_options::<Spanned<RawValue>>(text, options) {
         Ok(sp) => Ok(Node {
             pos: pos_of(sp.referenced),
             value: sp.value.0,

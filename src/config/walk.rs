@@ -171,7 +171,15 @@ impl<'a> Ctx<'a> {
     pub fn bool(&mut self, n: &Node, what: &str) -> Option<bool> {
         match &n.value {
             Value::Bool(b) => Some(*b),
-            Value::Str(s) if s == "true" || s == "false" => Some(s == "true"),
+            // YAML 1.1 spellings, as Kong's YAML loader accepts them.
+            Value::Str(s) => match s.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "y" => Some(true),
+                "false" | "no" | "off" | "n" => Some(false),
+                _ => {
+                    self.err(n.pos, format!("{what}: expected a boolean, found '{s}'"));
+                    None
+                }
+            },
             other => {
                 self.err(
                     n.pos,

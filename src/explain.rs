@@ -1,0 +1,247 @@
+//! `portcullis explain`: what would the gateway do with this request? Prints the
+//! normalised path, the winning route and why it beats the other candidates, the
+//! plugin chain in execution order with scopes, the upstream URL after strip_path,
+//! and which plugin would answer first. Nothing is sent anywhere.
+
+use crate::config::model::Config;
+use crate::config::raw::Pos;
+use crate::path;
+use crate::plugins::{Flow, RequestCtx};
+use crate::router::RequestInfo;
+use crate::snapshot::Snapshot;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http_body_util::BodyExt;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+pub struct Request {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub client_ip: IpAddr,
+}
+
+/// Parses `-H 'Name: value'` arguments.
+pub fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = h
+        .split_once(':')
+        .ok_or_else(|| format!("invalid header '{h}': expected 'Name: value'"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("invalid header name in '{h}'"))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("invalid header value in '{h}'"))?;
+    Ok((name, value))
+}
+
+fn at(file: &str, pos: Pos) -> String {
+    format!("{file}:{}:{}", pos.line, pos.col)
+}
+
+fn route_label(cfg: &Config, idx: usize) -> String {
+    let r = &cfg.routes[idx];
+    let svc = r
+        .service
+        .map(|s| format!(" (service '{}')", cfg.services[s].display_name()))
+        .unwrap_or_else(|| " (no service)".into());
+    format!("route '{}'{svc}", r.display_name())
+}
+
+/// Renders the explanation; async only because plugin answers are bodies to read.
+pub async fn explain(snap: &Snapshot, req: &Request) -> String {
+    let mut out = String::new();
+    let cfg = &snap.config;
+    let file = &snap.file;
+    let _ = writeln!(out, "request:         {} {}", req.method, req.uri);
+    let _ = writeln!(
+        out,
+        "config:          {file} (sha256 {})",
+        &snap.config_hash[..12]
+    );
+    let _ = writeln!(out, "client ip:       {}", req.client_ip);
+
+    if path::check_nginx_uri(req.uri.path()).is_err() {
+        let _ = writeln!(
+            out,
+            "verdict:         400 Bad request (the path is malformed or climbs above /)"
+        );
+        return out;
+    }
+    let normalized = match path::normalize(req.uri.path()) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(out, "verdict:         400 Bad request ({e})");
+            return out;
+        }
+    };
+    let escaped = path::escape(&normalized);
+    let _ = writeln!(out, "normalised path: {escaped}");
+
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(req.uri.authority().map(|a| a.as_str()));
+    let port = req
+        .uri
+        .port_u16()
+        .unwrap_or(if req.uri.scheme_str() == Some("https") {
+            8443
+        } else {
+            8000
+        });
+    let info = RequestInfo {
+        method: req.method.as_str(),
+        host,
+        listener_port: port,
+        path: &normalized,
+        headers: &req.headers,
+    };
+    let candidates = snap.router.candidates(&info);
+    let Some(m) = snap.router.find(&info) else {
+        let _ = writeln!(out, "matched route:   none");
+        let _ = writeln!(
+            out,
+            "verdict:         404 \"no Route matched with those values\" (deny by default)"
+        );
+        return out;
+    };
+    let compiled = &snap.routes[m.route];
+    let route = &cfg.routes[compiled.index];
+    let _ = writeln!(
+        out,
+        "matched route:   {} at {}",
+        route_label(cfg, compiled.index),
+        at(file, route.pos)
+    );
+    if let Some(best) = candidates.iter().find(|c| c.route == m.route) {
+        if let Some(p) = &best.matched_path {
+            let kind = if p.starts_with('~') {
+                "regex"
+            } else {
+                "prefix"
+            };
+            let _ = writeln!(out, "  matched by:    {kind} path '{p}'");
+        }
+        for other in candidates.iter().filter(|c| c.route != m.route) {
+            let _ = writeln!(
+                out,
+                "  beats:         {} — {}",
+                route_label(cfg, snap.routes[other.route].index),
+                best.key.why_beats(&other.key)
+            );
+        }
+    }
+
+    // The plugin chain.
+    let ctx = RequestCtx {
+        method: &req.method,
+        uri: &req.uri,
+        headers: &req.headers,
+        client_ip: req.client_ip,
+        request_id: "explain",
+    };
+    let _ = writeln!(out, "plugins (in execution order):");
+    if compiled.chain.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    let mut answer: Option<String> = None;
+    for (i, link) in compiled.chain.iter().enumerate() {
+        let p = &link.plugin;
+        let verdict = if answer.is_some() {
+            "not reached".to_string()
+        } else {
+            match p.access(&ctx) {
+                Flow::Continue => p.explain(&ctx),
+                Flow::Respond(resp) => {
+                    let status = resp.status();
+                    let body = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                        .unwrap_or_default();
+                    let summary = summarize(&body);
+                    answer = Some(format!("{} answers {status}{summary}", p.name()));
+                    match p.name() {
+                        "ip-restriction" => format!("DENIES {} → {status}{summary}", req.client_ip),
+                        "cors" => format!("answers the preflight → {status}"),
+                        _ => format!("ANSWERS → {status}{summary}"),
+                    }
+                }
+                Flow::Echo { status, .. } => {
+                    answer = Some(format!(
+                        "{} answers {status} (echo of the request)",
+                        p.name()
+                    ));
+                    format!("ANSWERS → {status} (echo)")
+                }
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  {}. {:<20} priority {:>5}  {:<8} {}  [{}]",
+            i + 1,
+            p.name(),
+            p.priority(),
+            link.scope.label(),
+            verdict,
+            at(file, link.pos)
+        );
+    }
+
+    // Upstream.
+    match &compiled.upstream {
+        None => {
+            let _ = writeln!(out, "upstream:        none (route has no service → 503)");
+        }
+        Some(up) => {
+            let escaped_match = m
+                .matched_len
+                .map(|n| path::escaped_len(&normalized[..n.min(normalized.len())]));
+            let strip = if route.strip_path {
+                escaped_match
+            } else {
+                None
+            };
+            let mut target = path::upstream_path_v0(up.path.as_deref(), &escaped, strip);
+            if let Some(q) = req.uri.query() {
+                target.push('?');
+                target.push_str(q);
+            }
+            let _ = writeln!(
+                out,
+                "upstream:        {} {}://{}{target}{}",
+                req.method,
+                up.scheme,
+                up.authority,
+                if route.strip_path {
+                    " (strip_path on)"
+                } else {
+                    " (strip_path off)"
+                }
+            );
+        }
+    }
+    let verdict = match (answer, &compiled.upstream) {
+        (Some(a), _) => format!("{a}; the request never reaches the upstream"),
+        (None, Some(up)) => format!("proxied to service '{}'", up.name),
+        (None, None) => "503 \"no Service found with those values\"".into(),
+    };
+    let _ = writeln!(out, "verdict:         {verdict}");
+    out
+}
+
+/// A short rendition of a plugin's answer body for one line of output.
+fn summarize(body: &str) -> String {
+    if body.is_empty() {
+        return String::new();
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body)
+        && let Some(m) = v.get("message").and_then(|m| m.as_str())
+    {
+        return format!(" \"{m}\"");
+    }
+    let first = body.lines().next().unwrap_or("");
+    let short: String = first.chars().take(80).collect();
+    format!(" \"{short}\"")
+}
