@@ -157,6 +157,13 @@ pub fn run(o: RunOptions) -> ExitCode {
             }
         };
         let mut tasks = Vec::new();
+        // Before the listeners: once they log "listening", a SIGHUP or an edit of the
+        // file is already caught (SIGHUP's default action would kill the process).
+        let reloader = crate::reload::spawn(
+            Arc::clone(&gw),
+            path.as_ref().map(std::path::PathBuf::from),
+            shutdown(),
+        );
         if o.listen != "off" {
             for addr in o.listen.split(',').map(str::trim).filter(|a| !a.is_empty()) {
                 let l = match tokio::net::TcpListener::bind(addr).await {
@@ -188,6 +195,7 @@ pub fn run(o: RunOptions) -> ExitCode {
         for t in tasks {
             let _ = t.await;
         }
+        let _ = reloader.await;
         ExitCode::SUCCESS
     })
 }

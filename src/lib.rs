@@ -27,6 +27,7 @@ pub mod ipset;
 pub mod path;
 pub mod plugins;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

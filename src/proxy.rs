@@ -68,9 +68,17 @@ pub struct Gateway {
     pub status: std::sync::Mutex<ReloadStatus>,
 }
 
+/// The outcome of reloads so far (`reload.rs` writes it, /status reads it); the
+/// generation in force is the snapshot's.
 #[derive(Default, Clone)]
 pub struct ReloadStatus {
+    /// Every error of the last rejected reload, one `file:line:col: message` per line;
+    /// cleared by the next reload that succeeds or finds the file unchanged.
     pub last_reload_error: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// Reloads that found the file identical to the running config (nothing swapped).
+    pub reloads_unchanged: u64,
 }
 
 /// What the listener knows about the connection.
@@ -373,7 +381,7 @@ impl Exchange<'_> {
                             compiled
                                 .upstream
                                 .as_ref()
-                                .and_then(|_| route.service)
+                                .and(route.service)
                                 .map(|s| &self.snap.config.services[s]),
                         )
                         .await;
@@ -528,7 +536,7 @@ impl Exchange<'_> {
         if let Ok(v) = HeaderValue::from_str(&xff) {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
-        h.insert(X_REAL_IP.clone(), HeaderValue::from(self.client_ip_value()));
+        h.insert(X_REAL_IP.clone(), self.client_ip_value());
         let set = |h: &mut HeaderMap, name: &HeaderName, value: HeaderValue| {
             if !(trusted && h.contains_key(name)) {
                 h.insert(name.clone(), value);

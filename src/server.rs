@@ -121,6 +121,11 @@ fn status_response(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
                 "config_file": snap.file,
                 "loaded_at": loaded_at,
                 "last_reload_error": st.last_reload_error,
+                "reloads": {
+                    "ok": st.reloads_ok,
+                    "failed": st.reloads_failed,
+                    "unchanged": st.reloads_unchanged,
+                },
                 "routes": snap.config.routes.len(),
                 "services": snap.config.services.len(),
             });

@@ -28,11 +28,14 @@ use tower_service::Service;
 type Connector = TimeoutConnector<HttpConnector<Resolver>>;
 pub type UpstreamClient = Client<Connector, Body>;
 
+/// (connect, read, write) timeouts.
+type Timeouts = (Duration, Duration, Duration);
+
 /// Clients keyed by their timeouts, shared by every service with the same settings and
 /// kept across reloads, so connection pools survive a config change.
 #[derive(Default, Clone)]
 pub struct ClientCache {
-    inner: Arc<Mutex<HashMap<(Duration, Duration, Duration), UpstreamClient>>>,
+    inner: Arc<Mutex<HashMap<Timeouts, UpstreamClient>>>,
 }
 
 impl ClientCache {
@@ -214,7 +217,7 @@ impl http_body::Body for SlotBody {
     fn size_hint(&self) -> SizeHint {
         match &self.body {
             Some(b) => b.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Access plugins, black box: request-termination, ip-restriction, cors, Kong's
 //! precedence and execution order, the default gateway.yaml, and `portcullis explain`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 use common::*;
 use portcullis::proxy::Settings;

@@ -2,6 +2,8 @@
 //! real HTTP. Routing priority, strip_path joins, normalisation, forwarded headers,
 //! error bodies, streaming.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 use common::*;
 use portcullis::proxy::Settings;

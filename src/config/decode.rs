@@ -20,10 +20,13 @@ struct Ref {
     pos: Pos,
 }
 
+/// A top-level plugin's (index, route, service, consumer) references.
+type PluginRefs = (usize, Option<Ref>, Option<Ref>, Option<Ref>);
+
 #[derive(Default)]
 struct Pending {
     route_service: Vec<(usize, Ref)>,
-    plugin_refs: Vec<(usize, Option<Ref>, Option<Ref>, Option<Ref>)>,
+    plugin_refs: Vec<PluginRefs>,
     keyauth: Vec<(Node, Option<usize>)>,
     basicauth: Vec<(Node, Option<usize>)>,
     acls: Vec<(Node, Option<usize>)>,

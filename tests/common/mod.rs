@@ -1,6 +1,6 @@
 //! Black-box test helpers: a real gateway (in-process `server::run` on 127.0.0.1:0, or
 //! the real binary), real upstream servers on 127.0.0.1:0, and a raw HTTP client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
