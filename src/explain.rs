@@ -6,7 +6,7 @@
 use crate::config::model::Config;
 use crate::config::raw::Pos;
 use crate::path;
-use crate::plugins::{Flow, RequestCtx};
+use crate::plugins::{AuthState, Flow, RequestCtx};
 use crate::router::RequestInfo;
 use crate::snapshot::Snapshot;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -132,26 +132,50 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
         }
     }
 
-    // The plugin chain.
-    let ctx = RequestCtx {
+    // The plugin chain, run for real on a copy of the request (auth plugins establish
+    // the consumer, consumer-scoped entries are chosen as the proxy would).
+    let mut uri = req.uri.clone();
+    let mut headers = req.headers.clone();
+    let mut auth = AuthState::default();
+    let mut ctx = RequestCtx {
         method: &req.method,
-        uri: &req.uri,
-        headers: &req.headers,
+        uri: &mut uri,
+        headers: &mut headers,
+        body: None,
         client_ip: req.client_ip,
         request_id: "explain",
+        consumers: &snap.consumers,
+        auth: &mut auth,
     };
     let _ = writeln!(out, "plugins (in execution order):");
     if compiled.chain.is_empty() {
         let _ = writeln!(out, "  (none)");
     }
     let mut answer: Option<String> = None;
-    for (i, link) in compiled.chain.iter().enumerate() {
+    let mut last: Option<&'static str> = None;
+    let mut n = 0;
+    for link in compiled.chain.iter() {
         let p = &link.plugin;
+        let scope = match link.scope.consumer {
+            Some(c) => format!(
+                "consumer '{}'",
+                cfg.consumers
+                    .get(c)
+                    .map(|c| c.username.clone().unwrap_or_else(|| c.id.clone()))
+                    .unwrap_or_default()
+            ),
+            None => link.scope.label().to_string(),
+        };
         let verdict = if answer.is_some() {
             "not reached".to_string()
+        } else if last == Some(p.name()) {
+            "not used (a more specific entry applies)".to_string()
+        } else if !link.runs_for(ctx.auth.consumer) {
+            "not used (the request is not from this consumer)".to_string()
         } else {
-            match p.access(&ctx) {
-                Flow::Continue => p.explain(&ctx),
+            last = Some(p.name());
+            match p.access(&mut ctx) {
+                Flow::Continue => p.explain_pass(&ctx),
                 Flow::Respond(resp) => {
                     let status = resp.status();
                     let body = resp
@@ -163,7 +187,9 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
                     let summary = summarize(&body);
                     answer = Some(format!("{} answers {status}{summary}", p.name()));
                     match p.name() {
-                        "ip-restriction" => format!("DENIES {} → {status}{summary}", req.client_ip),
+                        "ip-restriction" => {
+                            format!("DENIES {} → {status}{summary}", req.client_ip)
+                        }
                         "cors" => format!("answers the preflight → {status}"),
                         _ => format!("ANSWERS → {status}{summary}"),
                     }
@@ -177,13 +203,14 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
                 }
             }
         };
+        n += 1;
         let _ = writeln!(
             out,
             "  {}. {:<20} priority {:>5}  {:<8} {}  [{}]",
-            i + 1,
+            n,
             p.name(),
             p.priority(),
-            link.scope.label(),
+            scope,
             verdict,
             at(file, link.pos)
         );

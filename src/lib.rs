@@ -20,6 +20,7 @@ pub mod access_log;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod consumers;
 pub mod cors;
 pub mod error;
 pub mod explain;

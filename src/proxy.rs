@@ -7,11 +7,12 @@ use crate::config::model::Route;
 use crate::error::GatewayError;
 use crate::ipset::{IpSet, real_client_ip};
 use crate::path;
-use crate::plugins::{Flow, RequestCtx};
+use crate::plugins::{AuthState, Flow, RequestCtx};
 use crate::router::{Captures, RequestInfo};
 use crate::snapshot::{ChainLink, Snapshot};
 use crate::upstream;
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -20,6 +21,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+/// The most of a request body a plugin may buffer (key-auth's `key_in_body`).
+const BUFFERED_BODY_LIMIT: usize = 8 << 20;
+/// The most of a request body request-termination's `echo` reads.
+const ECHO_BODY_LIMIT: usize = 1 << 20;
 
 pub const SERVER: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
 const VIA_11: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
@@ -242,28 +248,13 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    fn ctx<'r>(
-        &'r self,
-        method: &'r Method,
-        uri: &'r http::Uri,
-        headers: &'r HeaderMap,
-    ) -> RequestCtx<'r> {
-        RequestCtx {
-            method,
-            uri,
-            headers,
-            client_ip: self.client_ip,
-            request_id: self.request_id,
-        }
-    }
-
     fn error(&self, e: GatewayError, req_headers: &HeaderMap, method: &Method) -> Response<Body> {
         e.response(req_headers, method == Method::HEAD, self.request_id)
     }
 
     async fn run(&self, req: Request<Incoming>) -> (Response<Body>, Info) {
         let mut info = Info::default();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
 
         if method == Method::TRACE {
@@ -272,18 +263,21 @@ impl Exchange<'_> {
                 info,
             );
         }
-        let host_raw: Option<&str> = match parts.headers.get(header::HOST) {
-            Some(h) => match h.to_str() {
-                Ok(s) => Some(s),
-                Err(_) => {
-                    return (
-                        self.error(GatewayError::BadRequest, &parts.headers, &method),
-                        info,
-                    );
-                }
-            },
-            None => parts.uri.authority().map(|a| a.as_str()),
+        // Owned (a cheap refcounted clone) so plugins may change the headers later.
+        let host_val: Option<HeaderValue> = match parts.headers.get(header::HOST) {
+            Some(h) if h.to_str().is_ok() => Some(h.clone()),
+            Some(_) => {
+                return (
+                    self.error(GatewayError::BadRequest, &parts.headers, &method),
+                    info,
+                );
+            }
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
+        let host_raw: Option<&str> = host_val.as_ref().and_then(|v| v.to_str().ok());
         if host_raw.is_none() && parts.version == Version::HTTP_11 {
             return (
                 self.error(GatewayError::BadRequest, &parts.headers, &method),
@@ -314,8 +308,13 @@ impl Exchange<'_> {
         });
         let Some(m) = found else {
             let mut resp = self.error(GatewayError::NoRoute, &parts.headers, &method);
-            let ctx = self.ctx(&method, &parts.uri, &parts.headers);
-            run_header_filters(&self.snap.global_chain, &ctx, resp.headers_mut());
+            run_header_filters(
+                &self.snap.global_chain,
+                None,
+                &method,
+                &parts.headers,
+                resp.headers_mut(),
+            );
             return (resp, info);
         };
         let Some(compiled) = self.snap.routes.get(m.route) else {
@@ -359,43 +358,105 @@ impl Exchange<'_> {
         }
 
         let chain: &[ChainLink] = &compiled.chain;
-        // Access phase.
+        // The raw request target, before plugins change anything (X-Forwarded-Path).
+        let raw_uri = parts.uri.clone();
+
+        // Buffer the body only when a plugin of this chain reads it.
+        let mut buffered: Option<Bytes> = None;
+        let mut stream: Option<Incoming> = Some(body);
+        if chain.iter().any(|l| l.plugin.needs_body())
+            && let Some(b) = stream.take()
         {
-            let ctx = self.ctx(&method, &parts.uri, &parts.headers);
+            match http_body_util::Limited::new(b, BUFFERED_BODY_LIMIT)
+                .collect()
+                .await
+            {
+                Ok(c) => buffered = Some(c.to_bytes()),
+                Err(_) => {
+                    let resp = crate::error::render(
+                        crate::error::Format::from_accept_or_type(&parts.headers),
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "Request Entity Too Large",
+                        self.request_id,
+                        method == Method::HEAD,
+                    );
+                    return (resp, info);
+                }
+            }
+        }
+
+        // Access phase: plugins in priority order; the first answer wins.
+        let mut auth = AuthState::default();
+        let mut answer: Option<Flow> = None;
+        {
+            let mut ctx = RequestCtx {
+                method: &method,
+                uri: &mut parts.uri,
+                headers: &mut parts.headers,
+                body: buffered.as_mut(),
+                client_ip: self.client_ip,
+                request_id: self.request_id,
+                consumers: &self.snap.consumers,
+                auth: &mut auth,
+            };
+            let mut last: Option<&'static str> = None;
             for link in chain {
-                match link.plugin.access(&ctx) {
+                let name = link.plugin.name();
+                // Per plugin name, the most specific entry that applies to the
+                // consumer known at this point (auth plugins run before the others).
+                if last == Some(name) || !link.runs_for(ctx.auth.consumer) {
+                    continue;
+                }
+                last = Some(name);
+                match link.plugin.access(&mut ctx) {
                     Flow::Continue => {}
-                    Flow::Respond(mut resp) => {
-                        run_header_filters(chain, &ctx, resp.headers_mut());
-                        return (resp, info);
-                    }
-                    Flow::Echo { status, message } => {
-                        let mut resp = crate::plugins::request_termination::echo(
-                            status,
-                            message.as_deref(),
-                            &parts,
-                            body,
-                            self.listener,
-                            &m.captures,
-                            route,
-                            compiled
-                                .upstream
-                                .as_ref()
-                                .and(route.service)
-                                .map(|s| &self.snap.config.services[s]),
-                        )
-                        .await;
-                        run_header_filters(chain, &ctx, resp.headers_mut());
-                        return (resp, info);
+                    other => {
+                        answer = Some(other);
+                        break;
                     }
                 }
+            }
+        }
+        let consumer = auth.consumer;
+        match answer {
+            None | Some(Flow::Continue) => {}
+            Some(Flow::Respond(mut resp)) => {
+                run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
+                return (resp, info);
+            }
+            Some(Flow::Echo { status, message }) => {
+                let raw = match (buffered, stream) {
+                    (Some(b), _) => Some(b),
+                    (None, Some(s)) => http_body_util::Limited::new(s, ECHO_BODY_LIMIT)
+                        .collect()
+                        .await
+                        .ok()
+                        .map(|c| c.to_bytes()),
+                    (None, None) => None,
+                };
+                let mut resp = crate::plugins::request_termination::echo(
+                    status,
+                    message.as_deref(),
+                    &parts,
+                    raw,
+                    self.listener,
+                    &m.captures,
+                    route,
+                    compiled
+                        .upstream
+                        .as_ref()
+                        .and(route.service)
+                        .map(|s| &self.snap.config.services[s]),
+                )
+                .await;
+                run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
+                return (resp, info);
             }
         }
 
         let Some(upstream) = compiled.upstream.as_ref() else {
             let mut resp = self.error(GatewayError::NoService, &parts.headers, &method);
-            let ctx = self.ctx(&method, &parts.uri, &parts.headers);
-            run_header_filters(chain, &ctx, resp.headers_mut());
+            run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
             return (resp, info);
         };
 
@@ -436,7 +497,6 @@ impl Exchange<'_> {
         let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
         let needs_req_headers = chain.iter().any(|l| l.plugin.has_header_filter());
         let saved_headers = needs_req_headers.then(|| parts.headers.clone());
-        let saved_uri = needs_req_headers.then(|| parts.uri.clone());
 
         let prefix = match escaped_match {
             Some(n) if route.strip_path && n > 0 => {
@@ -445,20 +505,27 @@ impl Exchange<'_> {
             }
             _ => None,
         };
-        let host_owned = host_raw.map(str::to_string);
         let mut headers = parts.headers;
         let version = parts.version;
-        let raw_path = parts.uri.path().to_string();
         self.upstream_headers(
             &mut headers,
-            host_owned,
+            host_raw,
             route.preserve_host,
             &upstream.host_header,
-            &raw_path,
+            raw_uri.path(),
             prefix.as_deref(),
             version,
         );
-        let mut up_req = Request::new(body);
+        let up_body = match (buffered, stream) {
+            (Some(b), _) => {
+                // Plugins may have changed the body: its length is the new one.
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                body::full(b)
+            }
+            (None, Some(s)) => s.map_err(|e| Box::new(e) as crate::body::BoxError).boxed(),
+            (None, None) => body::empty(),
+        };
+        let mut up_req = Request::new(up_body);
         *up_req.method_mut() = method.clone();
         *up_req.uri_mut() = uri;
         *up_req.headers_mut() = headers;
@@ -470,8 +537,6 @@ impl Exchange<'_> {
         info.upstream_ms = Some(sent_at.elapsed().as_millis());
 
         let req_headers = saved_headers.unwrap_or_default();
-        let req_uri = saved_uri.unwrap_or_default();
-        let ctx = self.ctx(&method, &req_uri, &req_headers);
         match result {
             Ok(resp) => {
                 let (mut rparts, rbody) = resp.into_parts();
@@ -485,7 +550,7 @@ impl Exchange<'_> {
                     None => HeaderValue::from_static(VIA_11),
                 };
                 rparts.headers.insert(header::VIA, via);
-                run_header_filters(chain, &ctx, &mut rparts.headers);
+                run_header_filters(chain, consumer, &method, &req_headers, &mut rparts.headers);
                 let body = rbody
                     .map_err(|e| Box::new(e) as crate::body::BoxError)
                     .boxed();
@@ -507,7 +572,7 @@ impl Exchange<'_> {
                     negotiate.insert(header::CONTENT_TYPE, c);
                 }
                 let mut resp = self.error(kind, &negotiate, &method);
-                run_header_filters(chain, &ctx, resp.headers_mut());
+                run_header_filters(chain, consumer, &method, &req_headers, resp.headers_mut());
                 (resp, info)
             }
         }
@@ -517,7 +582,7 @@ impl Exchange<'_> {
     fn upstream_headers(
         &self,
         h: &mut HeaderMap,
-        host_raw: Option<String>,
+        host_raw: Option<&str>,
         preserve_host: bool,
         upstream_host: &HeaderValue,
         raw_path: &str,
@@ -547,7 +612,7 @@ impl Exchange<'_> {
             &X_FORWARDED_PROTO,
             HeaderValue::from_static(if self.listener.tls { "https" } else { "http" }),
         );
-        if let Some(host) = host_raw.as_deref() {
+        if let Some(host) = host_raw {
             let bare = strip_port(host).to_ascii_lowercase();
             if let Ok(v) = HeaderValue::from_str(&bare) {
                 set(h, &X_FORWARDED_HOST, v);
@@ -568,7 +633,7 @@ impl Exchange<'_> {
         // Host
         match (preserve_host, host_raw) {
             (true, Some(host)) => {
-                if let Ok(v) = HeaderValue::from_str(&host) {
+                if let Ok(v) = HeaderValue::from_str(host) {
                     h.insert(header::HOST, v);
                 }
             }
@@ -596,9 +661,15 @@ impl Exchange<'_> {
     }
 }
 
-fn run_header_filters(chain: &[ChainLink], ctx: &RequestCtx<'_>, resp: &mut HeaderMap) {
-    for link in chain {
-        link.plugin.header_filter(ctx, resp);
+fn run_header_filters(
+    chain: &[ChainLink],
+    consumer: Option<usize>,
+    method: &Method,
+    req: &HeaderMap,
+    resp: &mut HeaderMap,
+) {
+    for link in crate::snapshot::select(chain, consumer) {
+        link.plugin.header_filter(method, req, resp);
     }
 }
 

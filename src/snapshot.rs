@@ -21,6 +21,7 @@ pub struct Snapshot {
     /// Global plugins: they also see requests that matched no route.
     pub global_chain: Vec<ChainLink>,
     pub config: Config,
+    pub consumers: crate::consumers::Consumers,
 }
 
 pub struct CompiledRoute {
@@ -32,9 +33,31 @@ pub struct CompiledRoute {
 
 #[derive(Clone)]
 pub struct ChainLink {
+    // `scope.consumer` set: applies only to that consumer (see `runs_for`).
     pub plugin: Arc<Plugin>,
     pub scope: Scope,
     pub pos: Pos,
+}
+
+impl ChainLink {
+    /// Whether this entry applies to a request authenticated as `consumer`.
+    pub fn runs_for(&self, consumer: Option<usize>) -> bool {
+        self.scope.consumer.is_none() || self.scope.consumer == consumer
+    }
+}
+
+/// The entries of a chain that actually run for `consumer`: per plugin name, the first
+/// (most specific) entry whose consumer condition holds.
+pub fn select(chain: &[ChainLink], consumer: Option<usize>) -> impl Iterator<Item = &ChainLink> {
+    let mut last: Option<&'static str> = None;
+    chain.iter().filter(move |l| {
+        let name = l.plugin.name();
+        if last == Some(name) || !l.runs_for(consumer) {
+            return false;
+        }
+        last = Some(name);
+        true
+    })
 }
 
 /// A service, ready to receive requests.

@@ -127,7 +127,7 @@ pub fn classify(err: &(dyn std::error::Error + 'static)) -> GatewayError {
 /// is held in a shared slot so a failed connect leaves it untouched for the next try.
 pub async fn send(
     client: &UpstreamClient,
-    req: Request<Incoming>,
+    req: Request<Body>,
     retries: u32,
 ) -> Result<Response<Incoming>, (GatewayError, BoxError)> {
     let (parts, body) = req.into_parts();
@@ -154,14 +154,14 @@ pub async fn send(
 
 /// A request body that takes the real body from a shared slot on first poll.
 struct SlotBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    body: Option<Incoming>,
+    slot: Arc<Mutex<Option<Body>>>,
+    body: Option<Body>,
     hint: SizeHint,
     end: bool,
 }
 
 impl SlotBody {
-    fn new(slot: &Arc<Mutex<Option<Incoming>>>) -> SlotBody {
+    fn new(slot: &Arc<Mutex<Option<Body>>>) -> SlotBody {
         let (hint, end) = match slot.lock() {
             Ok(s) => match s.as_ref() {
                 Some(b) => (
@@ -200,9 +200,7 @@ impl http_body::Body for SlotBody {
             }
         }
         match self.body.as_mut() {
-            Some(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|o| o.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            Some(b) => Pin::new(b).poll_frame(cx),
             None => Poll::Ready(None),
         }
     }

@@ -59,8 +59,9 @@ pub fn check_router(file: &str, cfg: &Config) -> Vec<ConfigError> {
 pub fn chain_for(cfg: &Config, route: Option<usize>) -> Vec<ChainLink> {
     let service = route.and_then(|r| cfg.routes[r].service);
     let mut best: Vec<(u8, usize)> = Vec::new();
+    let mut for_consumers: Vec<(u8, usize)> = Vec::new();
     for (i, p) in cfg.plugins.iter().enumerate() {
-        if !p.enabled || p.scope.consumer.is_some() {
+        if !p.enabled {
             continue;
         }
         let applies = match (p.scope.route, p.scope.service) {
@@ -73,6 +74,11 @@ pub fn chain_for(cfg: &Config, route: Option<usize>) -> Vec<ChainLink> {
             continue;
         }
         let rank = p.scope.rank();
+        if p.scope.consumer.is_some() {
+            // Chosen at run time, once the consumer is known (see proxy.rs).
+            for_consumers.push((rank, i));
+            continue;
+        }
         match best
             .iter_mut()
             .find(|(_, j)| cfg.plugins[*j].name == p.name)
@@ -82,16 +88,25 @@ pub fn chain_for(cfg: &Config, route: Option<usize>) -> Vec<ChainLink> {
             None => best.push((rank, i)),
         }
     }
-    let mut chain: Vec<ChainLink> = best
+    let mut picked: Vec<(u8, usize)> = best;
+    picked.extend(for_consumers);
+    // Priority first; within one plugin name the most specific scope first, so the
+    // first entry whose consumer condition holds is Kong's choice.
+    picked.sort_by_key(|&(rank, i)| {
+        (
+            std::cmp::Reverse(cfg.plugins[i].plugin.priority()),
+            cfg.plugins[i].name,
+            rank,
+        )
+    });
+    picked
         .into_iter()
         .map(|(_, i)| ChainLink {
             plugin: Arc::clone(&cfg.plugins[i].plugin),
             scope: cfg.plugins[i].scope,
             pos: cfg.plugins[i].pos,
         })
-        .collect();
-    chain.sort_by_key(|l| std::cmp::Reverse(l.plugin.priority()));
-    chain
+        .collect()
 }
 
 pub fn compile(
@@ -122,6 +137,7 @@ pub fn compile(
         .filter(|l| l.scope == Scope::default())
         .collect();
     Ok(Snapshot {
+        consumers: crate::consumers::Consumers::build(&cfg),
         generation,
         config_hash,
         file: file.to_string(),

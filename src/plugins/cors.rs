@@ -100,7 +100,7 @@ pub fn decode(config: Option<&Node>, ctx: &mut Ctx<'_>) -> Option<CorsPlugin> {
 }
 
 impl CorsPlugin {
-    pub fn access(&self, req: &RequestCtx<'_>) -> Flow {
+    pub fn access(&self, req: &mut RequestCtx<'_>) -> Flow {
         match self.0.access(req.method, req.headers) {
             None => Flow::Continue,
             Some(headers) => {
@@ -116,12 +116,12 @@ impl CorsPlugin {
         }
     }
 
-    pub fn header_filter(&self, req: &RequestCtx<'_>, resp: &mut HeaderMap) {
-        if self.0.is_preflight(req.method, req.headers) {
+    pub fn header_filter(&self, method: &http::Method, req: &HeaderMap, resp: &mut HeaderMap) {
+        if self.0.is_preflight(method, req) {
             // Either we answered it (headers already set) or preflight_continue sent it
             // upstream, in which case Kong adds nothing.
             return;
         }
-        self.0.header_filter(req.method, req.headers, resp);
+        self.0.header_filter(method, req, resp);
     }
 }

@@ -76,7 +76,7 @@ impl IpRestriction {
         self.allow.is_empty() || self.allow.contains(ip)
     }
 
-    pub fn access(&self, req: &RequestCtx<'_>) -> Flow {
+    pub fn access(&self, req: &mut RequestCtx<'_>) -> Flow {
         if self.allows(req.client_ip) {
             return Flow::Continue;
         }

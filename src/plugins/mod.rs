@@ -3,23 +3,34 @@
 //! Unknown plugin names fail at config load (a security plugin silently ignored would
 //! be an open door). Each route's chain is resolved at compile time with Kong's
 //! precedence (most specific scope wins per plugin name) and sorted by Kong's
-//! PRIORITY, so YAML order never changes execution order.
+//! PRIORITY, so YAML order never changes execution order. Consumer-scoped entries are
+//! kept in the chain and chosen at run time, once an auth plugin has identified the
+//! consumer (auth plugins run first: they have the highest priorities after cors).
 
+pub mod acl;
+pub mod basic_auth;
 pub mod cors;
 pub mod ip_restriction;
+pub mod key_auth;
 pub mod request_termination;
 
 use crate::body::Body;
 use crate::config::raw::{Node, Pos};
 use crate::config::walk::Ctx;
-use http::{HeaderMap, Method, Response, Uri};
+use crate::consumers::Consumers;
+use crate::error::{Format, render};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
 use std::net::IpAddr;
 
 /// A compiled plugin instance (its config validated and pre-built at load).
 #[derive(Debug)]
 pub enum Plugin {
     Cors(cors::CorsPlugin),
+    KeyAuth(key_auth::KeyAuth),
+    BasicAuth(basic_auth::BasicAuth),
     IpRestriction(ip_restriction::IpRestriction),
+    Acl(acl::Acl),
     RequestTermination(request_termination::RequestTermination),
 }
 
@@ -34,21 +45,33 @@ pub enum Flow {
     },
 }
 
-/// What plugins may read about the request being handled.
+/// Who the request is, as established by auth plugins.
+#[derive(Debug, Default, Clone)]
+pub struct AuthState {
+    /// Index into `Consumers::list`.
+    pub consumer: Option<usize>,
+    /// The credential's identifier (key-auth: credential id; basic-auth: username).
+    /// None with a consumer = the anonymous consumer.
+    pub credential: Option<String>,
+}
+
+/// The request as plugins see and change it. Changes to `headers`, `uri` and `body`
+/// are what the upstream receives.
 pub struct RequestCtx<'a> {
     pub method: &'a Method,
-    pub uri: &'a Uri,
-    pub headers: &'a HeaderMap,
+    pub uri: &'a mut Uri,
+    pub headers: &'a mut HeaderMap,
+    /// The buffered request body, when a plugin of the chain needs to read it.
+    pub body: Option<&'a mut Bytes>,
     /// Real client IP (after trusted-proxy processing).
     pub client_ip: IpAddr,
     pub request_id: &'a str,
+    pub consumers: &'a Consumers,
+    pub auth: &'a mut AuthState,
 }
 
 /// Names Portcullis knows but has not implemented: refused at load with this message.
 const KNOWN_UNSUPPORTED: &[&str] = &[
-    "key-auth",
-    "basic-auth",
-    "acl",
     "rate-limiting",
     "request-transformer",
     "response-transformer",
@@ -87,9 +110,12 @@ pub fn decode(
 ) -> Option<Plugin> {
     match name {
         "cors" => cors::decode(config, ctx).map(Plugin::Cors),
+        "key-auth" => key_auth::decode(config, ctx).map(Plugin::KeyAuth),
+        "basic-auth" => basic_auth::decode(config, ctx).map(Plugin::BasicAuth),
         "ip-restriction" => {
             ip_restriction::decode(config, name_pos, ctx).map(Plugin::IpRestriction)
         }
+        "acl" => acl::decode(config, name_pos, ctx).map(Plugin::Acl),
         "request-termination" => {
             request_termination::decode(config, name_pos, ctx).map(Plugin::RequestTermination)
         }
@@ -118,7 +144,10 @@ impl Plugin {
     pub fn name(&self) -> &'static str {
         match self {
             Plugin::Cors(_) => "cors",
+            Plugin::KeyAuth(_) => "key-auth",
+            Plugin::BasicAuth(_) => "basic-auth",
             Plugin::IpRestriction(_) => "ip-restriction",
+            Plugin::Acl(_) => "acl",
             Plugin::RequestTermination(_) => "request-termination",
         }
     }
@@ -127,7 +156,10 @@ impl Plugin {
     pub fn priority(&self) -> i32 {
         match self {
             Plugin::Cors(_) => 2000,
+            Plugin::KeyAuth(_) => 1250,
+            Plugin::BasicAuth(_) => 1100,
             Plugin::IpRestriction(_) => 990,
+            Plugin::Acl(_) => 950,
             Plugin::RequestTermination(_) => 2,
         }
     }
@@ -135,15 +167,30 @@ impl Plugin {
     /// cors, key-auth, basic-auth and acl cannot be consumer-scoped in Kong.
     pub fn consumer_scopable(&self) -> bool {
         match self {
-            Plugin::Cors(_) => false,
+            Plugin::Cors(_) | Plugin::KeyAuth(_) | Plugin::BasicAuth(_) | Plugin::Acl(_) => false,
             Plugin::IpRestriction(_) | Plugin::RequestTermination(_) => true,
         }
     }
 
-    pub fn access(&self, req: &RequestCtx<'_>) -> Flow {
+    /// Whether the access phase needs the request body buffered.
+    pub fn needs_body(&self) -> bool {
+        match self {
+            Plugin::KeyAuth(k) => k.key_in_body,
+            Plugin::Cors(_)
+            | Plugin::BasicAuth(_)
+            | Plugin::IpRestriction(_)
+            | Plugin::Acl(_)
+            | Plugin::RequestTermination(_) => false,
+        }
+    }
+
+    pub fn access(&self, req: &mut RequestCtx<'_>) -> Flow {
         match self {
             Plugin::Cors(p) => p.access(req),
+            Plugin::KeyAuth(p) => p.access(req),
+            Plugin::BasicAuth(p) => p.access(req),
             Plugin::IpRestriction(p) => p.access(req),
+            Plugin::Acl(p) => p.access(req),
             Plugin::RequestTermination(p) => p.access(req),
         }
     }
@@ -152,37 +199,259 @@ impl Plugin {
     pub fn has_header_filter(&self) -> bool {
         match self {
             Plugin::Cors(_) => true,
-            Plugin::IpRestriction(_) | Plugin::RequestTermination(_) => false,
+            Plugin::KeyAuth(_)
+            | Plugin::BasicAuth(_)
+            | Plugin::IpRestriction(_)
+            | Plugin::Acl(_)
+            | Plugin::RequestTermination(_) => false,
         }
     }
 
     /// Response-phase hook, run on every response of a request whose chain holds the
     /// plugin: proxied, upstream errors and the gateway's own answers alike.
-    pub fn header_filter(&self, req: &RequestCtx<'_>, resp: &mut HeaderMap) {
+    pub fn header_filter(&self, method: &Method, req: &HeaderMap, resp: &mut HeaderMap) {
         match self {
-            Plugin::Cors(p) => p.header_filter(req, resp),
-            Plugin::IpRestriction(_) | Plugin::RequestTermination(_) => {}
+            Plugin::Cors(p) => p.header_filter(method, req, resp),
+            Plugin::KeyAuth(_)
+            | Plugin::BasicAuth(_)
+            | Plugin::IpRestriction(_)
+            | Plugin::Acl(_)
+            | Plugin::RequestTermination(_) => {}
         }
     }
 
-    /// One line for `portcullis explain`: what would this plugin do with this request?
-    pub fn explain(&self, req: &RequestCtx<'_>) -> String {
-        match self.access(req) {
-            Flow::Continue => match self {
-                Plugin::Cors(_) => {
-                    "passes (not a preflight); adds CORS headers to the response".into()
+    /// One line for `portcullis explain` when the plugin lets the request through.
+    pub fn explain_pass(&self, req: &RequestCtx<'_>) -> String {
+        match self {
+            Plugin::Cors(_) => "passes (not a preflight); adds CORS headers to the response".into(),
+            Plugin::KeyAuth(_) | Plugin::BasicAuth(_) => {
+                match (req.auth.consumer, &req.auth.credential) {
+                    (Some(c), Some(_)) => format!(
+                        "authenticates consumer '{}'",
+                        req.consumers
+                            .list
+                            .get(c)
+                            .map(consumer_label)
+                            .unwrap_or_default()
+                    ),
+                    (Some(c), None) => format!(
+                        "falls back to the anonymous consumer '{}'",
+                        req.consumers
+                            .list
+                            .get(c)
+                            .map(consumer_label)
+                            .unwrap_or_default()
+                    ),
+                    (None, _) => "passes".into(),
                 }
-                Plugin::IpRestriction(_) => format!("allows {}", req.client_ip),
-                Plugin::RequestTermination(_) => "passes (trigger not present)".into(),
-            },
-            Flow::Respond(r) => match self {
-                Plugin::Cors(_) => format!("answers the preflight {}", r.status()),
-                Plugin::IpRestriction(_) => {
-                    format!("DENIES {} with {}", req.client_ip, r.status())
-                }
-                Plugin::RequestTermination(_) => format!("TERMINATES with {}", r.status()),
-            },
-            Flow::Echo { status, .. } => format!("TERMINATES with {status} (echo)"),
+            }
+            Plugin::IpRestriction(_) => format!("allows {}", req.client_ip),
+            Plugin::Acl(_) => "allows the consumer's groups".into(),
+            Plugin::RequestTermination(_) => "passes (trigger not present)".into(),
         }
+    }
+}
+
+fn consumer_label(c: &crate::consumers::ConsumerRt) -> String {
+    c.username.clone().unwrap_or_else(|| c.id.clone())
+}
+
+// ------------------------------------------------------------------ shared auth logic
+
+pub(crate) enum AuthOutcome {
+    Ok,
+    Fail(StatusCode, &'static str),
+}
+
+static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
+static X_CONSUMER_CUSTOM_ID: HeaderName = HeaderName::from_static("x-consumer-custom-id");
+static X_CONSUMER_USERNAME: HeaderName = HeaderName::from_static("x-consumer-username");
+static X_CREDENTIAL_IDENTIFIER: HeaderName = HeaderName::from_static("x-credential-identifier");
+static X_ANONYMOUS_CONSUMER: HeaderName = HeaderName::from_static("x-anonymous-consumer");
+
+fn set_or_clear(h: &mut HeaderMap, name: &HeaderName, v: Option<&str>) {
+    match v.and_then(|v| HeaderValue::from_str(v).ok()) {
+        Some(v) => {
+            h.insert(name.clone(), v);
+        }
+        None => {
+            h.remove(name);
+        }
+    }
+}
+
+/// Kong's `set_consumer`: authenticate, then set the consumer headers upstream and
+/// clear every one that has no value, so a client cannot spoof them.
+pub(crate) fn set_consumer(
+    req: &mut RequestCtx<'_>,
+    consumer: Option<usize>,
+    credential: Option<String>,
+) {
+    let c = consumer.and_then(|i| req.consumers.list.get(i));
+    set_or_clear(req.headers, &X_CONSUMER_ID, c.map(|c| c.id.as_str()));
+    set_or_clear(
+        req.headers,
+        &X_CONSUMER_CUSTOM_ID,
+        c.and_then(|c| c.custom_id.as_deref()),
+    );
+    set_or_clear(
+        req.headers,
+        &X_CONSUMER_USERNAME,
+        c.and_then(|c| c.username.as_deref()),
+    );
+    set_or_clear(req.headers, &X_CREDENTIAL_IDENTIFIER, credential.as_deref());
+    if credential.is_some() {
+        req.headers.remove(&X_ANONYMOUS_CONSUMER);
+    } else {
+        req.headers.insert(
+            X_ANONYMOUS_CONSUMER.clone(),
+            HeaderValue::from_static("true"),
+        );
+    }
+    req.auth.consumer = consumer;
+    req.auth.credential = credential;
+}
+
+/// A failed authentication: the anonymous consumer when configured, else the 401.
+pub(crate) fn auth_failure(
+    req: &mut RequestCtx<'_>,
+    anonymous: Option<&str>,
+    status: StatusCode,
+    msg: &str,
+    www_authenticate: &HeaderValue,
+) -> Flow {
+    let head = req.method == Method::HEAD;
+    match anonymous {
+        Some(anon) => match req.consumers.by_ref(anon) {
+            Some(c) => {
+                set_consumer(req, Some(c), None);
+                Flow::Continue
+            }
+            None => Flow::Respond(render(
+                Format::from_accept(req.headers),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("anonymous consumer {anon} is configured but doesn't exist"),
+                req.request_id,
+                head,
+            )),
+        },
+        None => {
+            let mut resp = render(
+                Format::from_accept(req.headers),
+                status,
+                msg,
+                req.request_id,
+                head,
+            );
+            resp.headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, www_authenticate.clone());
+            Flow::Respond(resp)
+        }
+    }
+}
+
+// ------------------------------------------------------------------ query and body helpers
+
+/// application/x-www-form-urlencoded decoding (`+` is a space), bytes in, bytes out.
+pub fn form_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
+                (Some(a), Some(b)) => {
+                    out.push(a << 4 | b);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The URI without the query argument(s) named `name`; the other arguments keep their
+/// order and their exact bytes.
+pub fn remove_query_arg(uri: &Uri, name: &str) -> Uri {
+    let Some(q) = uri.query() else {
+        return uri.clone();
+    };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split('=').next().unwrap_or("");
+            form_decode(k.as_bytes()) != name.as_bytes()
+        })
+        .collect();
+    let mut pq = uri.path().to_string();
+    if !kept.is_empty() {
+        pq.push('?');
+        pq.push_str(&kept.join("&"));
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = pq.parse().ok().or(parts.path_and_query);
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+fn mime(ctype: &str) -> String {
+    ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A string field of a form-urlencoded or JSON body (what key-auth's `key_in_body` reads).
+pub fn body_field(ctype: &str, body: &[u8], name: &str) -> Option<String> {
+    match mime(ctype).as_str() {
+        "application/x-www-form-urlencoded" => {
+            let s = std::str::from_utf8(body).ok()?;
+            s.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (form_decode(k.as_bytes()) == name.as_bytes())
+                    .then(|| String::from_utf8_lossy(&form_decode(v.as_bytes())).into_owned())
+            })
+        }
+        m if m == "application/json" || m.ends_with("+json") => {
+            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+            v.get(name)?.as_str().map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
+/// Removes a field from a form-urlencoded or JSON body (hide_credentials).
+pub fn remove_body_field(ctype: &str, body: &mut Bytes, name: &str) {
+    match mime(ctype).as_str() {
+        "application/x-www-form-urlencoded" => {
+            let Ok(s) = std::str::from_utf8(body) else {
+                return;
+            };
+            let kept: Vec<&str> = s
+                .split('&')
+                .filter(|pair| {
+                    let k = pair.split('=').next().unwrap_or("");
+                    form_decode(k.as_bytes()) != name.as_bytes()
+                })
+                .collect();
+            *body = Bytes::from(kept.join("&"));
+        }
+        m if m == "application/json" || m.ends_with("+json") => {
+            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body)
+                && let Some(obj) = v.as_object_mut()
+            {
+                obj.remove(name);
+                *body = Bytes::from(v.to_string());
+            }
+        }
+        _ => {}
     }
 }

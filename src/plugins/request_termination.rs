@@ -98,7 +98,7 @@ pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<Requ
 }
 
 impl RequestTermination {
-    pub fn access(&self, req: &RequestCtx<'_>) -> Flow {
+    pub fn access(&self, req: &mut RequestCtx<'_>) -> Flow {
         if let Some(t) = &self.trigger
             && !req.headers.contains_key(t)
             && !query_has(req.uri.query(), t.as_str())
@@ -160,26 +160,8 @@ fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') && !s.contains('+') {
         return None;
     }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(super::form_decode(s.as_bytes())).ok()
 }
-
-/// The most of a request body `echo` reads (Kong reads what nginx buffered).
-const ECHO_BODY_LIMIT: usize = 1 << 20;
 
 /// `echo`: the request as the gateway saw it, as JSON (Kong's shape).
 #[allow(clippy::too_many_arguments)]
@@ -187,21 +169,13 @@ pub async fn echo(
     status: StatusCode,
     message: Option<&str>,
     parts: &http::request::Parts,
-    body: hyper::body::Incoming,
+    raw: Option<bytes::Bytes>,
     listener: crate::proxy::Listener,
     captures: &crate::router::Captures,
     route: &crate::config::model::Route,
     service: Option<&crate::config::model::Service>,
 ) -> Response<crate::body::Body> {
-    use http_body_util::BodyExt;
     use serde_json::{Map, Value, json};
-    let raw = match http_body_util::Limited::new(body, ECHO_BODY_LIMIT)
-        .collect()
-        .await
-    {
-        Ok(c) => Some(c.to_bytes()),
-        Err(_) => None,
-    };
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
         let v = Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned());

@@ -1,0 +1,149 @@
+//! Consumers and their credentials, compiled for lookups on the request path: API keys
+//! are indexed by their SHA-256 (so the lookup leaks nothing useful about the key),
+//! basic-auth credentials by username with Kong's password hash, groups per consumer.
+
+use crate::config::model::Config;
+use http::HeaderValue;
+use sha2::Digest;
+use std::collections::HashMap;
+
+#[derive(Debug)]
+pub struct ConsumerRt {
+    pub id: String,
+    pub username: Option<String>,
+    pub custom_id: Option<String>,
+    pub groups: Vec<String>,
+    /// `X-Consumer-Groups` value: groups joined with ", ".
+    pub groups_header: Option<HeaderValue>,
+}
+
+#[derive(Debug)]
+pub struct KeyCredential {
+    pub consumer: usize,
+    pub id: String,
+}
+
+#[derive(Debug)]
+pub struct BasicCredential {
+    pub consumer: usize,
+    pub username: String,
+    /// Kong's stored form: hex(sha1(password .. consumer_id)).
+    pub password_hash: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Consumers {
+    pub list: Vec<ConsumerRt>,
+    keys: HashMap<[u8; 32], KeyCredential>,
+    basic: HashMap<String, BasicCredential>,
+    /// Consumer lookup by id or username (for `anonymous`).
+    by_ref: HashMap<String, usize>,
+}
+
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(key).into()
+}
+
+/// Kong's basic-auth hash: sha1(password .. consumer_id), hex.
+pub fn basic_hash(password: &str, consumer_id: &str) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(password.as_bytes());
+    h.update(consumer_id.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Consumers {
+    pub fn build(cfg: &Config) -> Consumers {
+        let mut c = Consumers::default();
+        for (i, con) in cfg.consumers.iter().enumerate() {
+            let mut groups: Vec<String> = cfg
+                .acls
+                .iter()
+                .filter(|a| a.consumer == i)
+                .map(|a| a.group.clone())
+                .collect();
+            groups.dedup();
+            let groups_header = (!groups.is_empty())
+                .then(|| HeaderValue::from_str(&groups.join(", ")).ok())
+                .flatten();
+            c.list.push(ConsumerRt {
+                id: con.id.clone(),
+                username: con.username.clone(),
+                custom_id: con.custom_id.clone(),
+                groups,
+                groups_header,
+            });
+            c.by_ref.insert(con.id.clone(), i);
+            if let Some(u) = &con.username {
+                c.by_ref.entry(u.clone()).or_insert(i);
+            }
+        }
+        for k in &cfg.keyauth_credentials {
+            if k.key.is_empty() {
+                // An opaque key left unset in the environment: never a valid empty key.
+                tracing::warn!(
+                    consumer = cfg.consumers[k.consumer]
+                        .username
+                        .as_deref()
+                        .unwrap_or(&cfg.consumers[k.consumer].id),
+                    line = k.pos.line,
+                    "skipping a key-auth credential with an empty key"
+                );
+                continue;
+            }
+            c.keys.insert(
+                key_digest(k.key.as_bytes()),
+                KeyCredential {
+                    consumer: k.consumer,
+                    id: k.id.clone(),
+                },
+            );
+        }
+        for b in &cfg.basicauth_credentials {
+            let consumer_id = &cfg.consumers[b.consumer].id;
+            let password_hash = if cfg.transform {
+                basic_hash(&b.password, consumer_id)
+            } else {
+                b.password.to_ascii_lowercase()
+            };
+            c.basic.insert(
+                b.username.clone(),
+                BasicCredential {
+                    consumer: b.consumer,
+                    username: b.username.clone(),
+                    password_hash,
+                },
+            );
+        }
+        c
+    }
+
+    pub fn by_key(&self, key: &[u8]) -> Option<&KeyCredential> {
+        self.keys.get(&key_digest(key))
+    }
+
+    /// The credential for `username` if `password` is right (constant-time compare).
+    pub fn check_basic(&self, username: &str, password: &str) -> Option<&BasicCredential> {
+        let cred = self.basic.get(username)?;
+        let consumer_id = &self.list.get(cred.consumer)?.id;
+        let given = basic_hash(password, consumer_id);
+        constant_time_eq(given.as_bytes(), cred.password_hash.as_bytes()).then_some(cred)
+    }
+
+    pub fn has_basic_user(&self, username: &str) -> bool {
+        self.basic.contains_key(username)
+    }
+
+    pub fn by_ref(&self, r: &str) -> Option<usize> {
+        self.by_ref.get(r).copied()
+    }
+}
