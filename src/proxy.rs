@@ -505,6 +505,12 @@ impl Exchange<'_> {
             }
             _ => None,
         };
+        // A WebSocket (or other) upgrade: the client's half of the tunnel, and the
+        // protocol it asks for, taken before hop-by-hop headers are stripped.
+        let upgrade = upgrade_request(&parts.headers, parts.version);
+        let client_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         let mut headers = parts.headers;
         let version = parts.version;
         self.upstream_headers(
@@ -516,6 +522,13 @@ impl Exchange<'_> {
             prefix.as_deref(),
             version,
         );
+        if let Some(proto) = &upgrade {
+            headers.insert(header::UPGRADE, proto.clone());
+            headers.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("keep-alive, Upgrade"),
+            );
+        }
         let up_body = match (buffered, stream) {
             (Some(b), _) => {
                 // Plugins may have changed the body: its length is the new one.
@@ -538,7 +551,29 @@ impl Exchange<'_> {
 
         let req_headers = saved_headers.unwrap_or_default();
         match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_side) = client_upgrade
+                {
+                    return (
+                        self.tunnel(
+                            resp,
+                            client_side,
+                            upstream.read_timeout,
+                            chain,
+                            consumer,
+                            &method,
+                            &req_headers,
+                        ),
+                        info,
+                    );
+                }
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // 101 without an upgrade request: not something we can relay.
+                    let mut r = self.error(GatewayError::UpstreamInvalid, &req_headers, &method);
+                    run_header_filters(chain, consumer, &method, &req_headers, r.headers_mut());
+                    return (r, info);
+                }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 let via = match rparts.headers.get(header::VIA) {
@@ -576,6 +611,57 @@ impl Exchange<'_> {
                 (resp, info)
             }
         }
+    }
+
+    /// Relays an accepted upgrade: answers the client 101 with the upstream's headers,
+    /// then copies bytes both ways until either side closes. The upstream socket's
+    /// read timeout (reset by writes) makes `read_timeout` an idle timeout.
+    #[allow(clippy::too_many_arguments)]
+    fn tunnel(
+        &self,
+        mut resp: Response<Incoming>,
+        client_side: hyper::upgrade::OnUpgrade,
+        idle: std::time::Duration,
+        chain: &[ChainLink],
+        consumer: Option<usize>,
+        method: &Method,
+        req_headers: &HeaderMap,
+    ) -> Response<Body> {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        let (mut rparts, _) = resp.into_parts();
+        let route = self.request_id.to_string();
+        tokio::spawn(async move {
+            match tokio::join!(client_side, upstream_side) {
+                (Ok(c), Ok(u)) => {
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut u = hyper_util::rt::TokioIo::new(u);
+                    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        Ok((up, down)) => {
+                            tracing::debug!(request_id = route.as_str(), up, down, "tunnel closed")
+                        }
+                        Err(e) => tracing::debug!(
+                            request_id = route.as_str(),
+                            error = %e,
+                            idle_timeout_ms = idle.as_millis() as u64,
+                            "tunnel ended"
+                        ),
+                    }
+                }
+                (c, u) => tracing::warn!(
+                    request_id = route.as_str(),
+                    client = c.err().map(|e| e.to_string()),
+                    upstream = u.err().map(|e| e.to_string()),
+                    "upgrade failed"
+                ),
+            }
+        });
+        // Keep Connection/Upgrade: they are what makes this a 101 for the client.
+        for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+            rparts.headers.remove(name);
+        }
+        rparts.headers.remove(header::TRANSFER_ENCODING);
+        run_header_filters(chain, consumer, method, req_headers, &mut rparts.headers);
+        Response::from_parts(rparts, body::empty())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -670,6 +756,25 @@ fn run_header_filters(
 ) {
     for link in crate::snapshot::select(chain, consumer) {
         link.plugin.header_filter(method, req, resp);
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` plus
+/// an `Upgrade` header), e.g. `websocket`.
+fn upgrade_request(h: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
     }
 }
 

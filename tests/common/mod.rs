@@ -204,7 +204,7 @@ where
                     async move { Ok::<_, Infallible>(f(req).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
                     .await;
             });
         }
