@@ -551,7 +551,7 @@ impl Exchange<'_> {
 
         let req_headers = saved_headers.unwrap_or_default();
         match result {
-            Ok(mut resp) => {
+            Ok(resp) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_side) = client_upgrade
                 {

@@ -442,6 +442,9 @@ fn decode_route(
         }
     }
 
+    // Kong skips the "must set one of" check when one of those fields is itself
+    // invalid: a route whose only path is a bad regex gets that error, not two.
+    let errors_before_matchers = ctx.errors.len();
     let mut methods = Vec::new();
     for (m, pos) in ctx.strings(f.get("methods"), &format!("{what}.methods")) {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -543,6 +546,7 @@ fn decode_route(
         }
         paths.push(p);
     }
+    let matchers_valid = ctx.errors.len() == errors_before_matchers;
 
     let strip_path = ctx.opt_bool(f.get("strip_path"), &format!("{what}.strip_path"), true);
     let preserve_host = ctx.opt_bool(
@@ -608,7 +612,12 @@ fn decode_route(
     }
     accept_ignored(&mut f, ctx, &what);
 
-    if methods.is_empty() && hosts.is_empty() && headers.is_empty() && paths.is_empty() {
+    if matchers_valid
+        && methods.is_empty()
+        && hosts.is_empty()
+        && headers.is_empty()
+        && paths.is_empty()
+    {
         ctx.err(
             f.pos,
             format!(
@@ -1027,8 +1036,9 @@ fn check_uniqueness(cfg: &Config, ctx: &mut Ctx<'_>) {
         kind: &str,
         field: &str,
         items: impl Iterator<Item = (Option<&'a str>, Pos)>,
-    ) {
+    ) -> Vec<Pos> {
         let mut seen = HashMap::new();
+        let mut failed = Vec::new();
         for (v, pos) in items {
             let Some(v) = v else { continue };
             if seen.insert(v, pos).is_some() {
@@ -1036,10 +1046,14 @@ fn check_uniqueness(cfg: &Config, ctx: &mut Ctx<'_>) {
                     pos,
                     format!("uniqueness violation: '{kind}' entity with {field} set to '{v}' already declared"),
                 );
+                failed.push(pos);
             }
         }
+        failed
     }
-    uniq(
+    // As Kong does, an entity whose name is already a duplicate is not reported again
+    // for its primary key: the id is derived from the name, so it repeats too.
+    let dup = uniq(
         ctx,
         "services",
         "name",
@@ -1049,9 +1063,12 @@ fn check_uniqueness(cfg: &Config, ctx: &mut Ctx<'_>) {
         ctx,
         "services",
         "primary key",
-        cfg.services.iter().map(|s| (Some(s.id.as_str()), s.pos)),
+        cfg.services
+            .iter()
+            .filter(|s| !dup.contains(&s.pos))
+            .map(|s| (Some(s.id.as_str()), s.pos)),
     );
-    uniq(
+    let dup = uniq(
         ctx,
         "routes",
         "name",
@@ -1061,7 +1078,10 @@ fn check_uniqueness(cfg: &Config, ctx: &mut Ctx<'_>) {
         ctx,
         "routes",
         "primary key",
-        cfg.routes.iter().map(|r| (Some(r.id.as_str()), r.pos)),
+        cfg.routes
+            .iter()
+            .filter(|r| !dup.contains(&r.pos))
+            .map(|r| (Some(r.id.as_str()), r.pos)),
     );
     uniq(
         ctx,
