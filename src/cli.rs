@@ -16,9 +16,13 @@ pub const EMBEDDED_CONFIG: &str = include_str!("../gateway.yaml");
 pub const EMBEDDED_NAME: &str = "<embedded gateway.yaml>";
 
 /// Where the config comes from: the flag/env, else KONG_DECLARATIVE_CONFIG, else
-/// ./gateway.yaml, else the embedded copy (None).
+/// ./gateway.yaml, else the embedded copy (None). An empty value counts as unset:
+/// `PORTCULLIS_CONFIG=` is how a compose file clears the image's default so that
+/// Supabase's KONG_DECLARATIVE_CONFIG applies.
 pub fn config_path(flag: Option<String>) -> Option<String> {
-    if let Some(p) = flag {
+    if let Some(p) = flag
+        && !p.is_empty()
+    {
         return Some(p);
     }
     if let Ok(p) = std::env::var("KONG_DECLARATIVE_CONFIG")
@@ -109,6 +113,12 @@ pub fn run(o: RunOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // An empty PORTCULLIS_LISTEN would otherwise start a gateway that proxies nothing
+    // while /health says OK.
+    if o.listen != "off" && o.listen.split(',').all(|a| a.trim().is_empty()) {
+        eprintln!("portcullis: --listen: no address given (use 'off' for no proxy listener)");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -291,4 +301,58 @@ pub fn explain(
     };
     print!("{}", rt.block_on(crate::explain::explain(&snap, &req)));
     ExitCode::SUCCESS
+}
+
+/// `portcullis health`: GET /health on the status listener; exit 0 on 200.
+pub fn health(status_listen: &str, timeout_ms: u64) -> ExitCode {
+    use std::io::{Read, Write};
+    let addr = status_listen.trim();
+    if addr == "off" {
+        eprintln!("portcullis health: the status listener is off");
+        return ExitCode::from(1);
+    }
+    // A listener bound to 0.0.0.0 / [::] is reached on loopback.
+    let target = addr
+        .replace("0.0.0.0:", "127.0.0.1:")
+        .replace("[::]:", "[::1]:");
+    let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
+    let sock = match std::net::ToSocketAddrs::to_socket_addrs(&target)
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(s) => s,
+        None => {
+            eprintln!("portcullis health: invalid address '{addr}'");
+            return ExitCode::from(1);
+        }
+    };
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(
+            format!("GET /health HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut out = Vec::new();
+        s.take(4096).read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    })();
+    match result {
+        Ok(resp) if resp.starts_with("HTTP/1.1 200") => {
+            println!("healthy ({target})");
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            eprintln!(
+                "portcullis health: unhealthy: {}",
+                resp.lines().next().unwrap_or("empty answer")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("portcullis health: {target}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

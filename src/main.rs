@@ -23,6 +23,23 @@ enum Command {
     Check(ConfigArg),
     /// Show what the gateway would do with a request, without sending anything.
     Explain(ExplainArgs),
+    /// Exit 0 when the running gateway's status listener answers /health (for
+    /// container healthchecks: the image has no curl).
+    Health(HealthArgs),
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// The gateway's status listener.
+    #[arg(
+        long,
+        env = "PORTCULLIS_STATUS_LISTEN",
+        default_value = "127.0.0.1:8100"
+    )]
+    status_listen: String,
+    /// How long to wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -84,6 +101,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check(a) => cli::check(a.config),
+        Command::Health(a) => cli::health(&a.status_listen, a.timeout_ms),
         Command::Explain(a) => {
             cli::explain(a.config.config, &a.headers, a.client_ip, &a.method, &a.url)
         }
