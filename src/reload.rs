@@ -138,6 +138,7 @@ async fn reload_logged(gw: &Arc<Gateway>, path: &Path, trigger: Trigger) {
             return;
         }
     };
+    let sighup = trigger == Trigger::Sighup;
     let trigger = trigger.as_str();
     match result {
         Ok(Outcome::Reloaded(generation)) => {
@@ -153,7 +154,7 @@ async fn reload_logged(gw: &Arc<Gateway>, path: &Path, trigger: Trigger) {
         Ok(Outcome::Unchanged(generation)) => {
             // Routine for file events (touches, Kubernetes cleanup); worth a line when
             // an operator asked with SIGHUP.
-            if trigger == Trigger::Sighup.as_str() {
+            if sighup {
                 tracing::info!(trigger, generation, "config unchanged; nothing to reload");
             } else {
                 tracing::debug!(trigger, generation, "config unchanged; nothing to reload");
