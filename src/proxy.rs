@@ -305,6 +305,10 @@ impl Exchange<'_> {
             listener_port: self.listener.port,
             path: &normalized,
             headers: &parts.headers,
+            query: parts.uri.query(),
+            tls: self.listener.tls,
+            client_ip: Some(self.client_ip),
+            client_port: Some(self.peer.port()),
         });
         let Some(m) = found else {
             let mut resp = self.error(GatewayError::NoRoute, &parts.headers, &method);
@@ -387,6 +391,7 @@ impl Exchange<'_> {
 
         // Access phase: plugins in priority order; the first answer wins.
         let mut auth = AuthState::default();
+        let mut overrides = crate::plugins::UpstreamOverrides::default();
         let mut answer: Option<Flow> = None;
         {
             let mut ctx = RequestCtx {
@@ -398,6 +403,8 @@ impl Exchange<'_> {
                 request_id: self.request_id,
                 consumers: &self.snap.consumers,
                 auth: &mut auth,
+                captures: &m.captures,
+                upstream: &mut overrides,
             };
             let mut last: Option<&'static str> = None;
             for link in chain {
@@ -472,7 +479,11 @@ impl Exchange<'_> {
         } else {
             None
         };
-        let mut target = path::upstream_path_v0(upstream.path.as_deref(), &escaped, strip);
+        // A plugin's set_path (request-transformer replace.uri) replaces the join.
+        let mut target = overrides
+            .path
+            .take()
+            .unwrap_or_else(|| path::upstream_path_v0(upstream.path.as_deref(), &escaped, strip));
         if let Some(q) = parts.uri.query() {
             target.push('?');
             target.push_str(q);
@@ -496,7 +507,16 @@ impl Exchange<'_> {
         let accept = parts.headers.get(header::ACCEPT).cloned();
         let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
         let needs_req_headers = chain.iter().any(|l| l.plugin.has_header_filter());
-        let saved_headers = needs_req_headers.then(|| parts.headers.clone());
+        // Only the few request headers response hooks read (CORS), not a full copy.
+        let saved_headers = needs_req_headers.then(|| {
+            let mut kept = HeaderMap::new();
+            for name in &crate::plugins::RESPONSE_PHASE_REQUEST_HEADERS {
+                for v in parts.headers.get_all(name) {
+                    kept.append(name.clone(), v.clone());
+                }
+            }
+            kept
+        });
 
         let prefix = match escaped_match {
             Some(n) if route.strip_path && n > 0 => {
@@ -522,6 +542,9 @@ impl Exchange<'_> {
             prefix.as_deref(),
             version,
         );
+        if let Some(host) = overrides.host.take() {
+            headers.insert(header::HOST, host);
+        }
         if let Some(proto) = &upgrade {
             headers.insert(header::UPGRADE, proto.clone());
             headers.insert(
@@ -539,7 +562,7 @@ impl Exchange<'_> {
             (None, None) => body::empty(),
         };
         let mut up_req = Request::new(up_body);
-        *up_req.method_mut() = method.clone();
+        *up_req.method_mut() = overrides.method.take().unwrap_or_else(|| method.clone());
         *up_req.uri_mut() = uri;
         *up_req.headers_mut() = headers;
         *up_req.version_mut() = Version::HTTP_11;

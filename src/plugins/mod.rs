@@ -10,9 +10,11 @@
 pub mod acl;
 pub mod basic_auth;
 pub mod cors;
+pub mod functions;
 pub mod ip_restriction;
 pub mod key_auth;
 pub mod request_termination;
+pub mod request_transformer;
 
 use crate::body::Body;
 use crate::config::raw::{Node, Pos};
@@ -32,6 +34,9 @@ pub enum Plugin {
     IpRestriction(ip_restriction::IpRestriction),
     Acl(acl::Acl),
     RequestTermination(request_termination::RequestTermination),
+    RequestTransformer(request_transformer::RequestTransformer),
+    PreFunction(functions::Functions),
+    PostFunction(functions::Functions),
 }
 
 /// What a plugin's access phase decides.
@@ -44,6 +49,15 @@ pub enum Flow {
         message: Option<String>,
     },
 }
+
+/// The request headers `header_filter` hooks read (CORS): the proxy keeps these for
+/// the response phase instead of a copy of every header.
+pub static RESPONSE_PHASE_REQUEST_HEADERS: [HeaderName; 4] = [
+    http::header::ORIGIN,
+    http::header::ACCESS_CONTROL_REQUEST_METHOD,
+    http::header::ACCESS_CONTROL_REQUEST_HEADERS,
+    HeaderName::from_static("access-control-request-private-network"),
+];
 
 /// Who the request is, as established by auth plugins.
 #[derive(Debug, Default, Clone)]
@@ -68,15 +82,27 @@ pub struct RequestCtx<'a> {
     pub request_id: &'a str,
     pub consumers: &'a Consumers,
     pub auth: &'a mut AuthState,
+    /// The route's regex captures (Kong's `uri_captures`).
+    pub captures: &'a crate::router::Captures,
+    /// Changes to the upstream request that the router would otherwise decide.
+    pub upstream: &'a mut UpstreamOverrides,
+}
+
+/// What plugins may impose on the upstream request beyond headers, query and body
+/// (Kong's `kong.service.request.set_path` / `set_method` / `set_header("Host")`).
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamOverrides {
+    /// The upstream path, already escaped; replaces the strip_path/service path join.
+    pub path: Option<String>,
+    /// The upstream Host header (wins over preserve_host and the service host).
+    pub host: Option<HeaderValue>,
+    pub method: Option<Method>,
 }
 
 /// Names Portcullis knows but has not implemented: refused at load with this message.
 const KNOWN_UNSUPPORTED: &[&str] = &[
     "rate-limiting",
-    "request-transformer",
     "response-transformer",
-    "pre-function",
-    "post-function",
     "jwt",
     "oauth2",
     "hmac-auth",
@@ -119,6 +145,15 @@ pub fn decode(
         "request-termination" => {
             request_termination::decode(config, name_pos, ctx).map(Plugin::RequestTermination)
         }
+        "request-transformer" => {
+            request_transformer::decode(config, ctx).map(Plugin::RequestTransformer)
+        }
+        "pre-function" => {
+            functions::decode("pre-function", config, name_pos, ctx).map(Plugin::PreFunction)
+        }
+        "post-function" => {
+            functions::decode("post-function", config, name_pos, ctx).map(Plugin::PostFunction)
+        }
         other if KNOWN_UNSUPPORTED.contains(&other) => {
             ctx.err(
                 name_pos,
@@ -149,6 +184,9 @@ impl Plugin {
             Plugin::IpRestriction(_) => "ip-restriction",
             Plugin::Acl(_) => "acl",
             Plugin::RequestTermination(_) => "request-termination",
+            Plugin::RequestTransformer(_) => "request-transformer",
+            Plugin::PreFunction(_) => "pre-function",
+            Plugin::PostFunction(_) => "post-function",
         }
     }
 
@@ -160,15 +198,26 @@ impl Plugin {
             Plugin::BasicAuth(_) => 1100,
             Plugin::IpRestriction(_) => 990,
             Plugin::Acl(_) => 950,
+            Plugin::RequestTransformer(_) => 801,
             Plugin::RequestTermination(_) => 2,
+            Plugin::PreFunction(_) => 1_000_000,
+            Plugin::PostFunction(_) => -1000,
         }
     }
 
-    /// cors, key-auth, basic-auth and acl cannot be consumer-scoped in Kong.
+    /// cors, key-auth, basic-auth, acl and the serverless functions cannot be
+    /// consumer-scoped in Kong (`typedefs.no_consumer`).
     pub fn consumer_scopable(&self) -> bool {
         match self {
-            Plugin::Cors(_) | Plugin::KeyAuth(_) | Plugin::BasicAuth(_) | Plugin::Acl(_) => false,
-            Plugin::IpRestriction(_) | Plugin::RequestTermination(_) => true,
+            Plugin::Cors(_)
+            | Plugin::KeyAuth(_)
+            | Plugin::BasicAuth(_)
+            | Plugin::Acl(_)
+            | Plugin::PreFunction(_)
+            | Plugin::PostFunction(_) => false,
+            Plugin::IpRestriction(_)
+            | Plugin::RequestTermination(_)
+            | Plugin::RequestTransformer(_) => true,
         }
     }
 
@@ -176,6 +225,8 @@ impl Plugin {
     pub fn needs_body(&self) -> bool {
         match self {
             Plugin::KeyAuth(k) => k.key_in_body,
+            Plugin::RequestTransformer(t) => t.needs_body(),
+            Plugin::PreFunction(f) | Plugin::PostFunction(f) => f.needs_body(),
             Plugin::Cors(_)
             | Plugin::BasicAuth(_)
             | Plugin::IpRestriction(_)
@@ -192,6 +243,8 @@ impl Plugin {
             Plugin::IpRestriction(p) => p.access(req),
             Plugin::Acl(p) => p.access(req),
             Plugin::RequestTermination(p) => p.access(req),
+            Plugin::RequestTransformer(p) => p.access(req),
+            Plugin::PreFunction(p) | Plugin::PostFunction(p) => p.access(req),
         }
     }
 
@@ -203,7 +256,10 @@ impl Plugin {
             | Plugin::BasicAuth(_)
             | Plugin::IpRestriction(_)
             | Plugin::Acl(_)
-            | Plugin::RequestTermination(_) => false,
+            | Plugin::RequestTermination(_)
+            | Plugin::RequestTransformer(_)
+            | Plugin::PreFunction(_)
+            | Plugin::PostFunction(_) => false,
         }
     }
 
@@ -216,7 +272,10 @@ impl Plugin {
             | Plugin::BasicAuth(_)
             | Plugin::IpRestriction(_)
             | Plugin::Acl(_)
-            | Plugin::RequestTermination(_) => {}
+            | Plugin::RequestTermination(_)
+            | Plugin::RequestTransformer(_)
+            | Plugin::PreFunction(_)
+            | Plugin::PostFunction(_) => {}
         }
     }
 
@@ -248,6 +307,8 @@ impl Plugin {
             Plugin::IpRestriction(_) => format!("allows {}", req.client_ip),
             Plugin::Acl(_) => "allows the consumer's groups".into(),
             Plugin::RequestTermination(_) => "passes (trigger not present)".into(),
+            Plugin::RequestTransformer(t) => t.explain(),
+            Plugin::PreFunction(f) | Plugin::PostFunction(f) => f.explain(),
         }
     }
 }
