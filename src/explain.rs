@@ -95,6 +95,10 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
         listener_port: port,
         path: &normalized,
         headers: &req.headers,
+        query: req.uri.query(),
+        tls: req.uri.scheme_str() == Some("https"),
+        client_ip: Some(req.client_ip),
+        client_port: None,
     };
     let candidates = snap.router.candidates(&info);
     let Some(m) = snap.router.find(&info) else {
@@ -114,7 +118,9 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
         at(file, route.pos)
     );
     if let Some(best) = candidates.iter().find(|c| c.route == m.route) {
-        if let Some(p) = &best.matched_path {
+        if let Some(e) = route.expression.as_deref() {
+            let _ = writeln!(out, "  matched by:    expression '{e}'");
+        } else if let Some(p) = &best.matched_path {
             let kind = if p.starts_with('~') {
                 "regex"
             } else {
@@ -137,6 +143,7 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
     let mut uri = req.uri.clone();
     let mut headers = req.headers.clone();
     let mut auth = AuthState::default();
+    let mut overrides = crate::plugins::UpstreamOverrides::default();
     let mut ctx = RequestCtx {
         method: &req.method,
         uri: &mut uri,
@@ -146,6 +153,8 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
         request_id: "explain",
         consumers: &snap.consumers,
         auth: &mut auth,
+        captures: &m.captures,
+        upstream: &mut overrides,
     };
     let _ = writeln!(out, "plugins (in execution order):");
     if compiled.chain.is_empty() {

@@ -25,6 +25,7 @@ pub mod cors;
 pub mod error;
 pub mod explain;
 pub mod ipset;
+pub mod lua;
 pub mod path;
 pub mod plugins;
 pub mod proxy;

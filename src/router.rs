@@ -7,7 +7,10 @@
 //! - splitting a route with several paths into sub-routes (one per distinct prefix length, one for all its
 //!   regex paths), each competing with its own [`PriorityKey`];
 //! - selecting the winning route for a request ([`Router::find`]) and listing every matching route, best
-//!   first, for `portcullis explain` ([`Router::candidates`]).
+//!   first, for `portcullis explain` ([`Router::candidates`]);
+//! - expression routes (a route with `expression`, Kong's `expressions` flavor), compiled and matched by
+//!   Kong's own ATC engine in [`expressions`]: they outrank every traditional route, as in Kong, and are
+//!   tried first; requests fall through to the traditional routes when none matches.
 //!
 //! It does not own path normalization (done before, the router gets the normalized path), `strip_path` and
 //! upstream URI joining (the caller uses [`RouteMatch::matched_len`]), protocols/https redirects, disabled
@@ -36,6 +39,14 @@ use std::fmt;
 
 use http::{HeaderMap, HeaderName};
 
+mod expressions;
+
+/// Checks a route `expression` as Kong's route schema does (syntax, fields, types), without building a
+/// router: the error is Kong's `Router Expression failed validation: ...` message, on one line.
+pub fn validate_expression(expression: &str) -> Result<(), String> {
+    expressions::validate(expression)
+}
+
 /// One route as configured (already validated and migrated to format 3.0 by the config stage).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteSpec {
@@ -49,6 +60,14 @@ pub struct RouteSpec {
     pub paths: Vec<String>,
     /// Priority among regex paths (higher first); ignored for prefix paths, as in Kong.
     pub regex_priority: i64,
+    /// An ATC expression (Kong's `expressions` flavor). A route with an expression must not set methods,
+    /// hosts, headers or paths; it outranks every route without one.
+    pub expression: Option<String>,
+    /// Order among expression routes (higher first, 0..2^46-1 in Kong); ignored without `expression`.
+    pub priority: u64,
+    /// The route's protocols (`"http"`, `"https"`); empty = both. Only expression routes look at it: like
+    /// Kong's expressions flavor, an http-only expression route does not match https requests.
+    pub protocols: Vec<String>,
 }
 
 /// A route that could not be compiled.
@@ -76,6 +95,10 @@ impl fmt::Display for RouterError {
 
 impl std::error::Error for RouterError {}
 
+/// Kong's message for a route that sets `expression` and traditional matching fields
+/// (`validate_route` in `kong/db/schema/entities/routes.lua`).
+pub const EXPRESSION_WITH_FIELDS: &str = "Router Expression failed validation: cannot set 'expression' with 'methods', 'hosts', 'paths', 'headers', 'snis', 'sources' or 'destinations' simultaneously";
+
 /// What the router looks at in a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {
@@ -89,6 +112,15 @@ pub struct RequestInfo<'a> {
     pub path: &'a [u8],
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// The raw query string (after `?`, not decoded). Only expression routes read it (`http.queries.*`).
+    pub query: Option<&'a str>,
+    /// The request came over TLS: `net.protocol` is `https`, else `http` (Kong: the listener's scheme,
+    /// not X-Forwarded-Proto). Only expression routes read it.
+    pub tls: bool,
+    /// The client address after real-IP processing (`net.src.ip`). Only expression routes read it.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The TCP peer's port (`net.src.port`). Only expression routes read it.
+    pub client_port: Option<u16>,
 }
 
 /// The winning route of a request.
@@ -97,7 +129,9 @@ pub struct RouteMatch {
     /// Index of the route in the slice given to [`Router::new`].
     pub route: usize,
     /// Length of the matched path text at the start of `path`: the prefix path's length, or for a regex path
-    /// the length of the whole regex match. None when the route has no paths.
+    /// the length of the whole regex match. None when the route has no paths. For an expression route,
+    /// the length of the `http.path` value its matcher recorded (Kong strips that many bytes from the
+    /// start of the path), None when it recorded none.
     pub matched_len: Option<usize>,
     /// uri_captures of a regex path: numbered (0 = whole match) and named. Empty for prefix paths (no
     /// allocation then).
@@ -127,7 +161,7 @@ pub struct Candidate {
     /// Index of the route in the slice given to [`Router::new`].
     pub route: usize,
     /// The route path that matched, as configured (with its `~` for a regex); None when the route has no
-    /// paths.
+    /// paths, or is an expression route (`key.expression`).
     pub matched_path: Option<String>,
     /// Priority of the (sub-)route that matched.
     pub key: PriorityKey,
@@ -136,6 +170,10 @@ pub struct Candidate {
 /// Kong's priority, compared field by field (higher wins).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PriorityKey {
+    /// An expression route: Kong's `EXPRESSION_ONLY_BIT`, above every traditional route.
+    pub expression: bool,
+    /// An expression route's `priority` (0 for traditional routes).
+    pub priority: u64,
     /// Number of fields set among methods, hosts, headers, paths.
     pub fields: u8,
     /// Hosts are set and none has a wildcard.
@@ -153,6 +191,36 @@ pub struct PriorityKey {
 impl PriorityKey {
     /// One short English sentence saying which criterion makes `self` beat `other` (or lose to it).
     pub fn why_beats(&self, other: &PriorityKey) -> String {
+        if self.expression != other.expression {
+            let (traditional, expression_wins) = if self.expression {
+                (other, true)
+            } else {
+                (self, false)
+            };
+            let kind = if traditional.regex || traditional.prefix_len > 0 {
+                "path"
+            } else {
+                "traditional"
+            };
+            return if expression_wins {
+                format!("expression route outranks {kind} routes")
+            } else {
+                format!("{kind} route loses to expression routes")
+            };
+        }
+        if self.priority != other.priority {
+            let word = if self.priority > other.priority {
+                "higher"
+            } else {
+                "lower"
+            };
+            return format!(
+                "{word} priority ({} {} {})",
+                self.priority,
+                cmp_sign(self.priority.cmp(&other.priority)),
+                other.priority
+            );
+        }
         if self.fields != other.fields {
             let word = if self.fields > other.fields {
                 "more"
@@ -233,6 +301,10 @@ impl PriorityKey {
     /// route with more fields. When that int32 is negative (4 fields, negative or huge regex_priority) the
     /// conversion to uint64 depends on the LuaJIT build; this function sign-extends (current LuaJIT).
     pub fn kong_atc_priority(&self) -> u64 {
+        if self.expression {
+            // `bor(EXPRESSION_ONLY_BIT, priority)`: 64-bit cdata on both sides, no 32-bit truncation.
+            return (0xFF << 56) | self.priority;
+        }
         let weight = i32::from(self.fields).wrapping_shl(61);
         let headers = i32::from(self.header_count).wrapping_shl(52);
         let regex_priority = if self.regex {
@@ -431,9 +503,14 @@ struct SubRoute {
 struct Req<'a> {
     method: &'a str,
     host: Option<&'a [u8]>,
+    /// The Host header's port, else the listener's (Kong's `net.dst.port`).
     port: u64,
     path: &'a [u8],
     headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    tls: bool,
+    client_ip: Option<std::net::IpAddr>,
+    client_port: Option<u16>,
 }
 
 impl<'a> Req<'a> {
@@ -451,6 +528,10 @@ impl<'a> Req<'a> {
             port: port.unwrap_or(u64::from(r.listener_port)),
             path: r.path,
             headers: r.headers,
+            query: r.query,
+            tls: r.tls,
+            client_ip: r.client_ip,
+            client_port: r.client_port,
         }
     }
 }
@@ -529,6 +610,9 @@ pub struct Router {
     by_host: HashMap<Box<[u8]>, Vec<usize>>,
     /// Longest key of `by_host`.
     max_host_len: usize,
+    /// The expression routes, tried before all the others; None when there are none (then `find`
+    /// never builds an ATC context).
+    expr: Option<expressions::ExprRouter>,
 }
 
 impl Router {
@@ -538,8 +622,31 @@ impl Router {
         let mut errors = Vec::new();
         let mut rules = Vec::with_capacity(routes.len());
         let mut subs = Vec::with_capacity(routes.len());
+        let mut expression_routes = Vec::new();
 
         for (ri, spec) in routes.iter().enumerate() {
+            if spec.expression.is_some() {
+                if !(spec.methods.is_empty()
+                    && spec.hosts.is_empty()
+                    && spec.headers.is_empty()
+                    && spec.paths.is_empty())
+                {
+                    errors.push(RouterError {
+                        route: ri,
+                        field: "expression",
+                        index: 0,
+                        message: EXPRESSION_WITH_FIELDS.to_string(),
+                    });
+                }
+                expression_routes.push((ri, spec));
+                // Keeps `rules` indexed by route; an expression route has no sub-routes.
+                rules.push(RouteRules {
+                    methods: Vec::new(),
+                    hosts: Vec::new(),
+                    headers: Vec::new(),
+                });
+                continue;
+            }
             let route_rules = compile_rules(ri, spec, &mut errors);
             let fields = [
                 !spec.methods.is_empty(),
@@ -559,6 +666,8 @@ impl Router {
                 });
             }
             let base = PriorityKey {
+                expression: false,
+                priority: 0,
                 fields,
                 plain_hosts: !spec.hosts.is_empty() && !spec.hosts.iter().any(|h| h.contains('*')),
                 header_count: spec.headers.len().min(255) as u8,
@@ -575,7 +684,19 @@ impl Router {
             }
             rules.push(route_rules);
         }
+        let expr = if expression_routes.is_empty() {
+            None
+        } else {
+            match expressions::ExprRouter::new(&expression_routes) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            }
+        };
         if !errors.is_empty() {
+            errors.sort_by_key(|e| e.route);
             return Err(errors);
         }
 
@@ -616,6 +737,7 @@ impl Router {
             trie,
             by_host,
             max_host_len,
+            expr,
         })
     }
 
@@ -644,6 +766,11 @@ impl Router {
     /// The winning route for a request, or None (the gateway answers 404).
     pub fn find<'p>(&self, req: &RequestInfo<'p>) -> Option<RouteMatch> {
         let r = Req::new(req);
+        if let Some(expr) = &self.expr
+            && let Some(m) = expr.find(&r)
+        {
+            return Some(m);
+        }
         let plain = self.trie.best_match(r.path);
         let limit = plain.map_or(usize::MAX, |(rank, _)| rank);
         let bucket = self.host_bucket(r.host);
@@ -685,22 +812,36 @@ impl Router {
     /// [`Router::find`] returns.
     pub fn candidates(&self, req: &RequestInfo<'_>) -> Vec<Candidate> {
         let r = Req::new(req);
-        self.subs
-            .iter()
-            .filter_map(|sub| {
-                let hit = self.match_sub(sub, &r)?;
-                let matched_path = match (&sub.path, hit) {
-                    (PathRule::Prefix(p), PathHit::Prefix(i)) => Some(p[i].to_string()),
-                    (PathRule::Regex(p), PathHit::Regex(i)) => Some(p[i].0.to_string()),
-                    _ => None,
-                };
-                Some(Candidate {
-                    route: sub.route,
-                    matched_path,
-                    key: sub.key,
+        let mut out: Vec<Candidate> = match &self.expr {
+            Some(expr) => expr
+                .candidates(&r)
+                .into_iter()
+                .map(|(route, priority)| Candidate {
+                    route,
+                    matched_path: None,
+                    key: PriorityKey {
+                        expression: true,
+                        priority,
+                        ..PriorityKey::default()
+                    },
                 })
+                .collect(),
+            None => Vec::new(),
+        };
+        out.extend(self.subs.iter().filter_map(|sub| {
+            let hit = self.match_sub(sub, &r)?;
+            let matched_path = match (&sub.path, hit) {
+                (PathRule::Prefix(p), PathHit::Prefix(i)) => Some(p[i].to_string()),
+                (PathRule::Regex(p), PathHit::Regex(i)) => Some(p[i].0.to_string()),
+                _ => None,
+            };
+            Some(Candidate {
+                route: sub.route,
+                matched_path,
+                key: sub.key,
             })
-            .collect()
+        }));
+        out
     }
 
     /// Does the sub-route match, and with which path. Cheap conditions first, regexes last.
@@ -904,7 +1045,15 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.iter().map(|s| s.to_string()).collect()))
                 .collect(),
             paths: paths.iter().map(|s| s.to_string()).collect(),
-            regex_priority: 0,
+            ..RouteSpec::default()
+        }
+    }
+
+    fn expr(e: &str, priority: u64) -> RouteSpec {
+        RouteSpec {
+            expression: Some(e.to_string()),
+            priority,
+            ..RouteSpec::default()
         }
     }
 
@@ -933,6 +1082,9 @@ mod tests {
         port: u16,
         path: &'a [u8],
         headers: HeaderMap,
+        query: Option<&'a str>,
+        tls: bool,
+        client: Option<(std::net::IpAddr, u16)>,
     }
 
     impl<'a> Q<'a> {
@@ -943,7 +1095,22 @@ mod tests {
                 port: 8000,
                 path: path.as_bytes(),
                 headers: HeaderMap::new(),
+                query: None,
+                tls: false,
+                client: None,
             }
+        }
+        fn query(mut self, q: &'a str) -> Self {
+            self.query = Some(q);
+            self
+        }
+        fn tls(mut self) -> Self {
+            self.tls = true;
+            self
+        }
+        fn client(mut self, ip: &str, port: u16) -> Self {
+            self.client = Some((ip.parse().expect("test value"), port));
+            self
         }
         fn bytes(path: &'a [u8]) -> Self {
             Q {
@@ -974,6 +1141,10 @@ mod tests {
                 listener_port: self.port,
                 path: self.path,
                 headers: &self.headers,
+                query: self.query,
+                tls: self.tls,
+                client_ip: self.client.map(|c| c.0),
+                client_port: self.client.map(|c| c.1),
             }
         }
         fn find(&self, r: &Router) -> Option<RouteMatch> {
@@ -1538,6 +1709,8 @@ mod tests {
         // Values printed by LuaJIT 2.1 running Kong's get_priority arithmetic.
         let k =
             |fields, plain_hosts, header_count, regex, regex_priority, prefix_len| PriorityKey {
+                expression: false,
+                priority: 0,
                 fields,
                 plain_hosts,
                 header_count,
@@ -1575,6 +1748,358 @@ mod tests {
             k(3, false, 1, false, 0, 600000).kong_atc_priority(),
             1611737024
         );
+    }
+
+    // ---- expression routes ----
+
+    fn expr_err(e: &str) -> String {
+        validate_expression(e).expect_err("must be refused")
+    }
+
+    #[test]
+    fn supabase_openapi_root_expression() {
+        // kong.yml: rest-v1-openapi-root, then rest-v1 (`/rest/v1/`), then the dashboard (`/`).
+        let r = router(&[
+            expr(r#"http.path == "/rest/v1/""#, 0),
+            paths(&["/rest/v1/"]),
+            paths(&["/"]),
+        ]);
+        let m = Q::new("/rest/v1/").find(&r).expect("match");
+        assert_eq!((m.route, m.matched_len), (0, Some(9)));
+        assert!(m.captures.is_empty());
+        // The query never reaches http.path.
+        let m = Q::new("/rest/v1/")
+            .query("select=x")
+            .find(&r)
+            .expect("match");
+        assert_eq!((m.route, m.matched_len), (0, Some(9)));
+        let m = Q::new("/rest/v1/todos").find(&r).expect("match");
+        assert_eq!((m.route, m.matched_len), (1, Some(9)));
+        assert_eq!(Q::new("/rest/v1").route(&r), Some(2));
+        assert_eq!(Q::new("/rest/v1//").route(&r), Some(1));
+    }
+
+    #[test]
+    fn expression_outranks_every_traditional_route() {
+        let r = router(&[
+            spec(
+                &["GET"],
+                &["example.org"],
+                &[("x-a", &["1"])],
+                &["~/api/v1/users$"],
+            ),
+            expr(r#"http.path ^= "/api""#, 0),
+        ]);
+        let q = Q::new("/api/v1/users").headers(&[("x-a", "1")]);
+        assert_eq!(q.route(&r), Some(1));
+        let c = r.candidates(&q.info());
+        assert_eq!(
+            c.iter().map(|c| c.route).collect::<Vec<_>>(),
+            vec![1, 0],
+            "{c:?}"
+        );
+        assert_eq!(
+            c[0].key.why_beats(&c[1].key),
+            "expression route outranks path routes"
+        );
+        assert_eq!(
+            c[1].key.why_beats(&c[0].key),
+            "path route loses to expression routes"
+        );
+        assert_eq!(c[0].matched_path, None);
+        assert!(c[0].key.expression && !c[1].key.expression);
+        // No expression match: the traditional routes as before.
+        assert_eq!(Q::new("/other").route(&r), None);
+        let host_only = router(&[hosts(&["example.org"]), expr(r#"http.method == "GET""#, 0)]);
+        let c = host_only.candidates(&Q::new("/").info());
+        assert_eq!(
+            c[0].key.why_beats(&c[1].key),
+            "expression route outranks traditional routes"
+        );
+    }
+
+    #[test]
+    fn expression_priority_then_file_order() {
+        let r = router(&[
+            expr(r#"http.path ^= "/a""#, 1),
+            expr(r#"http.path ^= "/a/b""#, 5),
+            expr(r#"http.path ^= "/a/b/c""#, 5),
+        ]);
+        assert_eq!(Q::new("/a/b/c").route(&r), Some(1));
+        assert_eq!(Q::new("/a/bx").route(&r), Some(1));
+        assert_eq!(Q::new("/a/x").route(&r), Some(0));
+        let c = r.candidates(&Q::new("/a/b/c").info());
+        assert_eq!(
+            c.iter()
+                .map(|c| (c.route, c.key.priority))
+                .collect::<Vec<_>>(),
+            vec![(1, 5), (2, 5), (0, 1)]
+        );
+        assert_eq!(c[0].key.why_beats(&c[1].key), "tie (file order decides)");
+        assert_eq!(c[0].key.why_beats(&c[2].key), "higher priority (5 > 1)");
+        assert_eq!(c[2].key.why_beats(&c[0].key), "lower priority (1 < 5)");
+        // Kong's value: EXPRESSION_ONLY_BIT | priority, above any traditional route's.
+        assert_eq!(c[0].key.kong_atc_priority(), 0xFF00_0000_0000_0005);
+        // (A 4-field route's LuaJIT value is negative and sign-extends above it; see kong_atc_priority.)
+        let top_traditional = PriorityKey {
+            fields: 3,
+            plain_hosts: true,
+            header_count: 255,
+            regex: true,
+            regex_priority: 1000,
+            ..PriorityKey::default()
+        };
+        assert!(c[2].key.kong_atc_priority() > top_traditional.kong_atc_priority());
+        assert!(c[2].key > top_traditional);
+    }
+
+    #[test]
+    fn expression_strip_lengths_follow_the_recorded_http_path() {
+        let len = |e: &str, path: &str| {
+            let r = router(&[expr(e, 0)]);
+            Q::new(path).find(&r).map(|m| m.matched_len)
+        };
+        assert_eq!(len(r#"http.path ^= "/api/""#, "/api/users"), Some(Some(5)));
+        assert_eq!(len(r#"http.path == "/api""#, "/api"), Some(Some(4)));
+        // `~`: the whole text the regex matched (the regex is not anchored by the engine).
+        assert_eq!(
+            len(r##"http.path ~ r#"^/api/v[0-9]+"#"##, "/api/v12/x"),
+            Some(Some(8))
+        );
+        assert_eq!(len(r#"http.path ~ "/v[0-9]""#, "/x/v1/y"), Some(Some(3)));
+        // `=^` records its suffix; Kong strips that many bytes from the start.
+        assert_eq!(len(r#"http.path =^ ".json""#, "/a/b.json"), Some(Some(5)));
+        // Nothing recorded for http.path: nothing stripped.
+        assert_eq!(len(r#"http.host == "example.org""#, "/a"), Some(None));
+        assert_eq!(len(r#"http.path != "/b""#, "/a"), Some(None));
+        assert_eq!(
+            len(r#"http.path contains "pi" && http.method == "GET""#, "/api"),
+            Some(None)
+        );
+        assert_eq!(len(r#"http.path ^= "/b""#, "/a"), None);
+    }
+
+    #[test]
+    fn expression_logic_and_kong_precedence() {
+        // ATC's `||` binds tighter than `&&`: this is GET && (/a || /b).
+        let r = router(&[expr(
+            r#"http.method == "GET" && http.path == "/a" || http.path == "/b""#,
+            0,
+        )]);
+        assert_eq!(Q::new("/a").route(&r), Some(0));
+        assert_eq!(Q::new("/b").route(&r), Some(0));
+        assert_eq!(Q::new("/b").method("POST").route(&r), None);
+        let r = router(&[expr(
+            r#"(http.path == "/a" && http.method == "POST") || !(http.path ^= "/a")"#,
+            0,
+        )]);
+        assert_eq!(Q::new("/a").method("POST").route(&r), Some(0));
+        assert_eq!(Q::new("/a").route(&r), None);
+        assert_eq!(Q::new("/b").route(&r), Some(0));
+    }
+
+    #[test]
+    fn expression_headers_queries_and_net_fields() {
+        let r = router(&[expr(r#"http.headers.x_api_key == "k1""#, 0)]);
+        assert_eq!(
+            Q::new("/").headers(&[("X-Api-Key", "k1")]).route(&r),
+            Some(0)
+        );
+        assert_eq!(Q::new("/").headers(&[("x-api-key", "K1")]).route(&r), None);
+        assert_eq!(Q::new("/").route(&r), None);
+        // Every value must match, unless any() says otherwise.
+        let two = [("x-api-key", "k1"), ("x-api-key", "k2")];
+        assert_eq!(Q::new("/").headers(&two).route(&r), None);
+        let any = router(&[expr(r#"any(lower(http.headers.x_api_key)) == "k2""#, 0)]);
+        assert_eq!(Q::new("/").headers(&two).route(&any), Some(0));
+
+        let r = router(&[expr(
+            r#"http.queries.select == "a b" && http.queries.flag == """#,
+            0,
+        )]);
+        assert_eq!(Q::new("/").query("select=a+b&flag").route(&r), Some(0));
+        assert_eq!(Q::new("/").query("flag=&select=a%20b").route(&r), Some(0));
+        assert_eq!(Q::new("/").query("select=a+b").route(&r), None);
+        assert_eq!(Q::new("/").route(&r), None);
+
+        let r = router(&[expr(r#"net.protocol == "https""#, 0)]);
+        assert_eq!(Q::new("/").route(&r), None);
+        assert_eq!(Q::new("/").tls().route(&r), Some(0));
+
+        let r = router(&[expr(
+            "net.src.ip in 10.0.0.0/8 && net.src.port >= 1024 && net.dst.port == 8000",
+            0,
+        )]);
+        assert_eq!(Q::new("/").client("10.1.2.3", 40000).route(&r), Some(0));
+        assert_eq!(
+            Q::new("/").client("::ffff:10.1.2.3", 40000).route(&r),
+            Some(0)
+        );
+        assert_eq!(Q::new("/").client("10.1.2.3", 80).route(&r), None);
+        assert_eq!(Q::new("/").client("192.168.0.1", 40000).route(&r), None);
+        // net.dst.port: the Host header's port first, else the listener's.
+        assert_eq!(
+            Q::new("/")
+                .client("10.1.2.3", 40000)
+                .host(Some("example.org:9000"))
+                .route(&r),
+            None
+        );
+        assert_eq!(Q::new("/").route(&r), None);
+        // The deprecated net.port is net.dst.port.
+        let r = router(&[expr("net.port == 8000", 0)]);
+        assert_eq!(Q::new("/").route(&r), Some(0));
+
+        let r = router(&[expr(r#"http.host =^ ".org" && http.method == "GET""#, 0)]);
+        assert_eq!(
+            Q::new("/").host(Some("example.org:8000")).route(&r),
+            Some(0)
+        );
+        assert_eq!(Q::new("/").host(None).route(&r), None);
+    }
+
+    #[test]
+    fn expression_path_segments() {
+        let r = router(&[expr(
+            r#"http.path.segments.0 == "rest" && http.path.segments.len == 3 && http.path.segments.1_2 == "v1/todos""#,
+            0,
+        )]);
+        assert_eq!(Q::new("/rest/v1/todos").route(&r), Some(0));
+        assert_eq!(Q::new("/rest/v1/todos/").route(&r), Some(0));
+        assert_eq!(Q::new("/rest/v1/todos/1").route(&r), None);
+        assert_eq!(Q::new("/rest/v1").route(&r), None);
+        assert_eq!(Q::new("/").route(&r), None);
+    }
+
+    #[test]
+    fn http_only_expression_route_does_not_match_https() {
+        let mut only_http = expr(r#"http.path ^= "/""#, 0);
+        only_http.protocols = vec!["http".to_string()];
+        let mut only_https = expr(r#"http.path ^= "/""#, 0);
+        only_https.protocols = vec!["https".to_string()];
+        let r = router(&[only_http.clone(), paths(&["/"])]);
+        assert_eq!(Q::new("/x").route(&r), Some(0));
+        assert_eq!(Q::new("/x").tls().route(&r), Some(1));
+        // https-only: matches plain http too (the proxy then answers 426 or redirects).
+        let r = router(&[only_https]);
+        assert_eq!(Q::new("/x").route(&r), Some(0));
+    }
+
+    #[test]
+    fn expression_regex_captures() {
+        let r = router(&[expr(r##"http.path ~ r#"^/u/(?P<id>\d+)/(\w+)"#"##, 0)]);
+        let m = Q::new("/u/42/posts").find(&r).expect("match");
+        assert_eq!(m.matched_len, Some(11));
+        assert_eq!(
+            m.captures.numbered,
+            vec![
+                Some("/u/42/posts".to_string()),
+                Some("42".to_string()),
+                Some("posts".to_string())
+            ]
+        );
+        assert_eq!(m.captures.named, vec![("id".to_string(), "42".to_string())]);
+        let plain = router(&[expr(r#"http.path ~ "^/u/""#, 0)]);
+        assert!(
+            Q::new("/u/1")
+                .find(&plain)
+                .expect("match")
+                .captures
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn expression_non_utf8_values_are_left_out() {
+        let r = router(&[
+            expr(r#"http.path ^= "/a""#, 0),
+            expr(r#"http.method == "GET" && http.path.segments.len == 1"#, 0),
+            paths(&["/"]),
+        ]);
+        assert_eq!(Q::bytes(b"/a\xff").route(&r), Some(2));
+        let r = router(&[expr(r#"http.headers.x == "v""#, 0)]);
+        assert_eq!(Q::new("/").headers(&[("x", "v\u{e9}")]).route(&r), None);
+    }
+
+    #[test]
+    fn expression_errors() {
+        assert_eq!(
+            expr_err(r#"http.path = "/x""#),
+            "Router Expression failed validation: expected binary_operator at 1:11"
+        );
+        assert_eq!(
+            expr_err(r#"http.path == "/x" &&"#),
+            "Router Expression failed validation: expected term at 1:21"
+        );
+        assert_eq!(
+            expr_err(r#"http.paths == "/x""#),
+            "Router Expression failed validation: Unknown LHS field ('http.paths')"
+        );
+        assert_eq!(
+            expr_err(r#"http.path == "/" && net.src.port == "80""#),
+            "Router Expression failed validation: Type mismatch between the LHS and RHS values of predicate ('net.src.port')"
+        );
+        assert_eq!(
+            expr_err(r#"http.path ~ "(""#),
+            "Router Expression failed validation: regex parse error: unclosed group at 1:13"
+        );
+        assert_eq!(
+            expr_err(r#"http.path.segments.2_1 == "x""#),
+            "Router Expression failed validation: illformed http.path.segments.* field ('http.path.segments.2_1')"
+        );
+        assert_eq!(
+            expr_err(r#"tls.sni == "a.com""#),
+            "Router Expression failed validation: field 'tls.sni' is not supported by Portcullis"
+        );
+        assert_eq!(
+            expr_err(r#"foo(http.path) == "/""#),
+            "Router Expression failed validation: unknown transformation function: foo at 1:1"
+        );
+        assert!(validate_expression("net.port == 80").is_ok());
+        assert!(validate_expression(r#"http.path.segments.0_2 == "a/b/c""#).is_ok());
+
+        let mut both = expr(r#"http.path == "/a""#, 0);
+        both.paths = vec!["/a".to_string()];
+        let errs = Router::new(&[
+            paths(&["/ok"]),
+            both,
+            expr("http.nope == 1", 0),
+            expr(r#"http.path == "/fine""#, 0),
+        ])
+        .expect_err("must fail");
+        let got: Vec<_> = errs.iter().map(|e| (e.route, e.field)).collect();
+        assert_eq!(got, vec![(1, "expression"), (2, "expression")]);
+        assert_eq!(errs[0].message, EXPRESSION_WITH_FIELDS);
+        assert_eq!(
+            errs[1].message,
+            "Router Expression failed validation: Unknown LHS field ('http.nope')"
+        );
+    }
+
+    #[test]
+    fn no_expression_routes_no_atc_router() {
+        let r = router(&[paths(&["/"])]);
+        assert!(r.expr.is_none());
+        let r = router(&[paths(&["/"]), expr(r#"http.path == "/""#, 0)]);
+        assert!(r.expr.is_some());
+    }
+
+    #[test]
+    fn query_parsing_like_ngx_get_uri_args() {
+        let q = expressions::tests_parse_query;
+        assert_eq!(
+            q("a=1&a=2&b&=x&c=%41%2&d=%zz+y&&e=caf%C3%A9"),
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("a".to_string(), "2".to_string()),
+                ("b".to_string(), String::new()),
+                ("c".to_string(), "A%2".to_string()),
+                ("d".to_string(), "%zz y".to_string()),
+                ("e".to_string(), "caf\u{e9}".to_string()),
+            ]
+        );
+        let many: String = (0..150).map(|i| format!("k{i}=v&")).collect();
+        assert_eq!(q(&many).len(), 100);
     }
 
     // ---- randomized comparison of the indexed find() against a naive reference ----

@@ -16,6 +16,13 @@ fn spec(r: &Route) -> RouteSpec {
         headers: r.headers.clone(),
         paths: r.paths.clone(),
         regex_priority: r.regex_priority,
+        expression: r.expression.clone(),
+        priority: r.priority,
+        protocols: [(r.http, "http"), (r.https, "https")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, p)| p.to_string())
+            .collect(),
     }
 }
 
@@ -39,7 +46,17 @@ pub fn check_router(file: &str, cfg: &Config) -> Vec<ConfigError> {
             .into_iter()
             .map(|e| ConfigError {
                 file: file.to_string(),
-                pos: cfg.routes.get(e.route).map(|r| r.pos).unwrap_or_default(),
+                pos: cfg
+                    .routes
+                    .get(e.route)
+                    .map(|r| {
+                        if e.field == "expression" {
+                            r.expression_pos
+                        } else {
+                            r.pos
+                        }
+                    })
+                    .unwrap_or_default(),
                 message: format!(
                     "route '{}'.{}: {}",
                     cfg.routes

@@ -601,27 +601,60 @@ fn decode_route(
             );
         }
     }
-    if let Some(n) = f.get("expression") {
-        ctx.err(
-            n.pos,
-            format!("{what}.expression: expression routes are not supported yet"),
-        );
+    // Expression routes (Kong's expressions flavor; `validate_route` in routes.lua).
+    let mut expression = None;
+    let mut expression_pos = f.pos;
+    if let Some(n) = f.get("expression")
+        && !matches!(n.value, Value::Null)
+    {
+        expression_pos = n.pos;
+        if let Some(e) = ctx.string(n, &format!("{what}.expression")) {
+            if let Err(message) = crate::router::validate_expression(&e) {
+                ctx.err(n.pos, format!("{what}.expression: {message}"));
+            }
+            expression = Some(e);
+        }
     }
-    if let Some(n) = f.get("priority") {
-        ctx.opt_int(Some(n), &format!("{what}.priority"), 0, i64::MAX);
+    let priority = ctx
+        .opt_int(
+            f.get("priority"),
+            &format!("{what}.priority"),
+            0,
+            (1 << 46) - 1,
+        )
+        .unwrap_or(0) as u64;
+    let traditional_set =
+        !(methods.is_empty() && hosts.is_empty() && headers.is_empty() && paths.is_empty());
+    if expression.is_some() {
+        if traditional_set {
+            ctx.err(
+                expression_pos,
+                format!("{what}: {}", crate::router::EXPRESSION_WITH_FIELDS),
+            );
+        }
+        if regex_priority != 0 {
+            ctx.err(
+                f.key_pos("regex_priority").unwrap_or(expression_pos),
+                format!(
+                    "{what}: Router Expression failed validation: cannot set 'regex_priority' with 'expression' simultaneously"
+                ),
+            );
+        }
+    } else if priority != 0 && traditional_set {
+        ctx.err(
+            f.key_pos("priority").unwrap_or(f.pos),
+            format!(
+                "{what}: Router Expression failed validation: cannot set 'priority' with 'methods', 'hosts', 'paths', 'headers', 'snis', 'sources' or 'destinations' simultaneously"
+            ),
+        );
     }
     accept_ignored(&mut f, ctx, &what);
 
-    if matchers_valid
-        && methods.is_empty()
-        && hosts.is_empty()
-        && headers.is_empty()
-        && paths.is_empty()
-    {
+    if matchers_valid && expression.is_none() && !traditional_set {
         ctx.err(
             f.pos,
             format!(
-                "{what}: must set one of 'methods', 'hosts', 'headers', 'paths' when 'protocols' is 'http'"
+                "{what}: must set one of 'methods', 'hosts', 'headers', 'paths', 'expression' when 'protocols' is 'http'"
             ),
         );
     }
@@ -654,6 +687,9 @@ fn decode_route(
         preserve_host,
         regex_priority,
         https_redirect_status_code,
+        expression,
+        expression_pos,
+        priority,
     });
 
     let plugins = f.get("plugins");

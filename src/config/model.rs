@@ -81,6 +81,13 @@ pub struct Route {
     pub preserve_host: bool,
     pub regex_priority: i64,
     pub https_redirect_status_code: u16,
+    /// An ATC expression (Kong's expressions flavor); such a route sets no methods, hosts,
+    /// headers or paths.
+    pub expression: Option<String>,
+    /// Where the expression's value is in the file.
+    pub expression_pos: Pos,
+    /// Order among expression routes (higher first); 0 for other routes.
+    pub priority: u64,
 }
 
 impl Route {

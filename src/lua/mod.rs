@@ -1,0 +1,523 @@
+//! The embedded Lua (PUC Lua 5.1, the language of Kong's LuaJIT) that runs
+//! request-transformer templates and pre-/post-function snippets, with the subset of
+//! Kong's PDK that real configs use (`pdk.rs`).
+//!
+//! Config load: every template and snippet is syntax-checked (compiled, never run) and
+//! becomes a [`Chunk`] with a process-unique id; a bad one is a config error.
+//!
+//! Threads: an mlua state is not `Send`, so each worker thread that runs Lua owns one
+//! VM (`thread_local!`), with no lock anywhere. The first time a thread runs a chunk it
+//! compiles the source into its VM and caches the function by chunk id; later requests
+//! only call it. The cache holds a `Weak` of each chunk, so chunks of a replaced config
+//! are swept once the old snapshot is gone. Plugins of one request run back to back on
+//! one thread (the access phase has no await), which is what lets the per-request
+//! tables (`kong.ctx.shared`, `ngx.ctx`) live in the thread's VM.
+//!
+//! Sandbox: chunks see Kong's sandbox environment (safe base functions, `string`,
+//! `table`, `math`, `os.clock/date/difftime/time`, `coroutine`, `kong`, `ngx`), never
+//! the VM's globals; `io`, `debug`, `package`, `load*`, `dofile`, `getfenv`/`setfenv`,
+//! `getmetatable`/`setmetatable`, `raw*`, `collectgarbage` and `string.dump` are absent
+//! and `require` refuses. Each call gets a budget of [`BUDGET_INSTRUCTIONS`] VM
+//! instructions (a count hook inherited by coroutines); once spent, every hook tick
+//! errors and the sandbox's `pcall`/`xpcall`/`coroutine.resume` re-raise, so even
+//! `while true do pcall(f) end` ends. The VM has a memory limit, and a VM left near it
+//! is rebuilt. A failing call is an error for the caller (a 500), never a panic.
+
+pub mod args;
+mod pdk;
+pub mod template;
+
+pub(crate) use pdk::settable_method;
+pub use template::Template;
+
+use crate::body::Body;
+use crate::plugins::RequestCtx;
+use crate::router::Captures;
+use mlua::chunk::ChunkMode;
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use pdk::ReqState;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+/// VM instructions between two budget checks.
+const HOOK_EVERY: u32 = 1000;
+/// Budget checks per call.
+const BUDGET_TICKS: u32 = 1000;
+/// Instructions one template or snippet call may run.
+pub const BUDGET_INSTRUCTIONS: u64 = HOOK_EVERY as u64 * BUDGET_TICKS as u64;
+/// Memory limit of one thread's VM (all chunks and their data).
+pub const MEMORY_LIMIT: usize = 64 << 20;
+
+/// Keys of the template environment that are loaded per plugin run.
+const TEMPLATE_KEYS: [&str; 4] = ["headers", "query_params", "uri_captures", "shared"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A request-transformer template: returns the rendered string.
+    Template,
+    /// A pre-/post-function snippet: run for its effects (or returns a function to run).
+    Snippet,
+}
+
+#[derive(Debug)]
+struct ChunkInner {
+    id: u64,
+    name: String,
+    code: String,
+    kind: Kind,
+}
+
+/// Lua source that passed the syntax check at config load.
+#[derive(Clone, Debug)]
+pub struct Chunk(Arc<ChunkInner>);
+
+impl Chunk {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn source(&self) -> &str {
+        &self.0.code
+    }
+}
+
+/// Why a Lua call failed, for the log (the client gets a plain 500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuaError(pub String);
+
+impl fmt::Display for LuaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl LuaError {
+    fn new(s: impl Into<String>) -> Self {
+        LuaError(s.into())
+    }
+}
+
+/// Compiles a pre-/post-function snippet (syntax check only).
+pub fn snippet(name: &str, code: &str) -> Result<Chunk, String> {
+    compile_chunk(name, code.to_string(), Kind::Snippet)
+}
+
+pub(crate) fn compile_chunk(name: &str, code: String, kind: Kind) -> Result<Chunk, String> {
+    syntax_check(name, &code)?;
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    Ok(Chunk(Arc::new(ChunkInner {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        name: name.to_string(),
+        code,
+        kind,
+    })))
+}
+
+fn load<'a>(lua: &'a Lua, name: &str, code: &'a str) -> mlua::chunk::Chunk<'a> {
+    // Text only: a YAML escape can spell Lua bytecode, which would bypass the sandbox.
+    lua.load(code)
+        .set_name(format!("={name}"))
+        .set_mode(ChunkMode::Text)
+}
+
+fn syntax_check(name: &str, code: &str) -> Result<(), String> {
+    thread_local! {
+        static CHECKER: RefCell<Option<Lua>> = const { RefCell::new(None) };
+    }
+    CHECKER.with(|cell| {
+        let mut slot = cell
+            .try_borrow_mut()
+            .map_err(|_| "the Lua syntax checker is busy".to_string())?;
+        if slot.is_none() {
+            *slot = Some(
+                Lua::new_with(StdLib::NONE, LuaOptions::new())
+                    .map_err(|e| format!("cannot start Lua: {e}"))?,
+            );
+        }
+        let Some(lua) = slot.as_ref() else {
+            return Err("cannot start Lua".to_string());
+        };
+        load(lua, name, code)
+            .into_function()
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    })
+}
+
+/// A Lua error as one readable line: the Lua position and message, without mlua's
+/// wrapping and tracebacks.
+pub(crate) fn describe(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::SyntaxError { message, .. } => strip_traceback(message),
+        mlua::Error::RuntimeError(m) => strip_traceback(m),
+        mlua::Error::MemoryError(_) => "not enough memory (Lua memory limit reached)".into(),
+        mlua::Error::CallbackError { traceback, cause } => {
+            let inner = describe(cause);
+            match first_lua_frame(traceback) {
+                Some(at) if !inner.starts_with(&at) => format!("{at}: {inner}"),
+                _ => inner,
+            }
+        }
+        mlua::Error::WithContext { context, cause } => format!("{context}: {}", describe(cause)),
+        mlua::Error::ExternalError(err) => err.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn strip_traceback(m: &str) -> String {
+    m.split("\nstack traceback:")
+        .next()
+        .unwrap_or(m)
+        .trim_end()
+        .to_string()
+}
+
+/// `access[0]:3` out of `\taccess[0]:3: in main chunk`, skipping C frames.
+fn first_lua_frame(traceback: &str) -> Option<String> {
+    traceback.lines().skip(1).find_map(|l| {
+        let l = l.trim();
+        if l.starts_with("[C]") {
+            return None;
+        }
+        l.split_once(": in ").map(|(at, _)| at.to_string())
+    })
+}
+
+// ------------------------------------------------------------------ the per-thread VM
+
+struct Flags {
+    ticks: Cell<u32>,
+    exhausted: Cell<bool>,
+    exited: Cell<bool>,
+}
+
+impl Flags {
+    fn reset(&self) {
+        self.ticks.set(BUDGET_TICKS);
+        self.exhausted.set(false);
+        self.exited.set(false);
+    }
+}
+
+struct Cached {
+    chunk: Weak<ChunkInner>,
+    func: Function,
+    /// Kong runs a snippet's chunk once; if it returns a function, that function is
+    /// what runs from then on (keeping its upvalues per worker).
+    resolved: bool,
+}
+
+struct Engine {
+    lua: Lua,
+    flags: Rc<Flags>,
+    new_env: Function,
+    tenv: Table,
+    template_meta: Table,
+    tostring: Function,
+    current: Table,
+    request: String,
+    cache: HashMap<u64, Cached>,
+    sweep_at: usize,
+    broken: bool,
+}
+
+thread_local! {
+    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+}
+
+impl Engine {
+    fn new() -> mlua::Result<Engine> {
+        let lua = Lua::new_with(
+            StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::OS,
+            LuaOptions::new(),
+        )?;
+        lua.set_memory_limit(MEMORY_LIMIT)?;
+        let flags = Rc::new(Flags {
+            ticks: Cell::new(BUDGET_TICKS),
+            exhausted: Cell::new(false),
+            exited: Cell::new(false),
+        });
+        let hook_flags = Rc::clone(&flags);
+        // Global: coroutines created by the snippet inherit the hook.
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            move |_, _| {
+                let left = hook_flags.ticks.get();
+                if left == 0 {
+                    hook_flags.exhausted.set(true);
+                    return Err(mlua::Error::runtime(format!(
+                        "instruction budget exceeded ({BUDGET_INSTRUCTIONS} instructions)"
+                    )));
+                }
+                hook_flags.ticks.set(left - 1);
+                Ok(VmState::Continue)
+            },
+        )?;
+        let installed = pdk::install(&lua, &flags)?;
+        let template_meta = lua.create_table()?;
+        template_meta.raw_set("__index", installed.tenv.clone())?;
+        let tostring: Function = lua.globals().raw_get("tostring")?;
+        Ok(Engine {
+            lua,
+            flags,
+            new_env: installed.new_env,
+            tenv: installed.tenv,
+            template_meta,
+            tostring,
+            current: installed.current,
+            request: String::new(),
+            cache: HashMap::new(),
+            sweep_at: 64,
+            broken: false,
+        })
+    }
+
+    /// Per plugin run: fresh lazy template values (Kong builds `template_env` per
+    /// run); per request: fresh `kong.ctx.shared` and `ngx.ctx`.
+    fn begin(&mut self, request_id: &str) -> mlua::Result<()> {
+        for k in TEMPLATE_KEYS {
+            self.tenv.raw_set(k, Value::Nil)?;
+        }
+        if self.request != request_id {
+            self.request.clear();
+            self.request.push_str(request_id);
+            self.current.raw_set("shared", self.lua.create_table()?)?;
+            self.current.raw_set("ngx_ctx", self.lua.create_table()?)?;
+        }
+        Ok(())
+    }
+
+    /// The thread's function for `chunk`, compiling it on first use.
+    fn function(&mut self, chunk: &Chunk) -> Result<(Function, bool), LuaError> {
+        if let Some(c) = self.cache.get(&chunk.0.id) {
+            return Ok((c.func.clone(), c.resolved));
+        }
+        let env = match chunk.0.kind {
+            Kind::Template => {
+                let env = self.lua.create_table().map_err(|e| err(&e))?;
+                env.raw_set("__tostring", self.tostring.clone())
+                    .map_err(|e| err(&e))?;
+                env.set_metatable(Some(self.template_meta.clone()))
+                    .map_err(|e| err(&e))?;
+                env
+            }
+            Kind::Snippet => self.new_env.call::<Table>(()).map_err(|e| err(&e))?,
+        };
+        let func = load(&self.lua, &chunk.0.name, &chunk.0.code)
+            .set_environment(env)
+            .into_function()
+            .map_err(|e| err(&e))?;
+        if self.cache.len() >= self.sweep_at {
+            self.cache.retain(|_, c| c.chunk.strong_count() > 0);
+            self.sweep_at = (self.cache.len() * 2).max(64);
+        }
+        self.cache.insert(
+            chunk.0.id,
+            Cached {
+                chunk: Arc::downgrade(&chunk.0),
+                func: func.clone(),
+                resolved: false,
+            },
+        );
+        Ok((func, false))
+    }
+
+    /// After a plugin run: collect garbage when the VM grows, and rebuild a VM that
+    /// stays near its limit (a snippet hoarding data in its globals).
+    fn maintain(&mut self) {
+        if self.lua.used_memory() > MEMORY_LIMIT / 2 {
+            let _ = self.lua.gc_collect();
+            let _ = self.lua.gc_collect();
+            if self.lua.used_memory() > MEMORY_LIMIT / 2 {
+                tracing::warn!(
+                    used = self.lua.used_memory(),
+                    "Lua VM near its memory limit; rebuilding it"
+                );
+                self.broken = true;
+            }
+        }
+    }
+}
+
+fn err(e: &mlua::Error) -> LuaError {
+    LuaError(describe(e))
+}
+
+// ------------------------------------------------------------------ sessions
+
+/// One plugin run's access to Lua and to the request.
+pub struct Session<'s, 'c> {
+    engine: Option<&'s mut Engine>,
+    pub ctx: &'s mut RequestCtx<'c>,
+    plugin: &'static str,
+    request_id: String,
+    captures: Option<Captures>,
+    exit: Option<http::Response<Body>>,
+}
+
+/// Runs `f` with a session. With `lua` false nothing touches the VM (constant
+/// templates); rendering a Lua template then is an error.
+pub fn session<R>(
+    ctx: &mut RequestCtx<'_>,
+    plugin: &'static str,
+    lua: bool,
+    f: impl FnOnce(&mut Session<'_, '_>) -> Result<R, LuaError>,
+) -> Result<R, LuaError> {
+    if !lua {
+        let mut s = Session {
+            engine: None,
+            ctx,
+            plugin,
+            request_id: String::new(),
+            captures: None,
+            exit: None,
+        };
+        return f(&mut s);
+    }
+    ENGINE.with(|cell| {
+        let mut slot = cell
+            .try_borrow_mut()
+            .map_err(|_| LuaError::new("the Lua VM of this thread is busy"))?;
+        if slot.as_ref().is_none_or(|e| e.broken) {
+            *slot = None;
+            *slot = Some(Engine::new().map_err(|e| err(&e))?);
+        }
+        let Some(engine) = slot.as_mut() else {
+            return Err(LuaError::new("cannot start Lua"));
+        };
+        engine.begin(ctx.request_id).map_err(|e| err(&e))?;
+        let request_id = ctx.request_id.to_string();
+        let mut s = Session {
+            engine: Some(engine),
+            ctx,
+            plugin,
+            request_id,
+            captures: None,
+            exit: None,
+        };
+        let out = f(&mut s);
+        drop(s);
+        if let Some(engine) = slot.as_mut() {
+            engine.maintain();
+        }
+        out
+    })
+}
+
+impl Session<'_, '_> {
+    /// Renders a template (always a string; `nil` renders as "").
+    pub fn render(&mut self, t: &Template) -> Result<Vec<u8>, LuaError> {
+        match t {
+            Template::Const(v) => Ok(v.clone()),
+            Template::Lua(chunk) => {
+                let (func, _) = self.engine()?.function(chunk)?;
+                match self.call(&func)? {
+                    Value::String(s) => Ok(s.as_bytes().to_vec()),
+                    Value::Nil => Ok(Vec::new()),
+                    other => Err(LuaError(format!(
+                        "template {} returned a {}",
+                        chunk.name(),
+                        other.type_name()
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Runs a snippet; afterwards `take_exit` tells whether it answered the request.
+    pub fn run_snippet(&mut self, chunk: &Chunk) -> Result<(), LuaError> {
+        let (func, resolved) = self.engine()?.function(chunk)?;
+        if resolved {
+            self.call(&func)?;
+            return Ok(());
+        }
+        if let Some(c) = self.engine()?.cache.get_mut(&chunk.0.id) {
+            c.resolved = true;
+        }
+        let first = self.call(&func)?;
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        if let Value::Function(inner) = first {
+            if let Some(c) = self.engine()?.cache.get_mut(&chunk.0.id) {
+                c.func = inner.clone();
+            }
+            self.call(&inner)?;
+        }
+        Ok(())
+    }
+
+    /// The response a snippet gave with `kong.response.exit` / `kong.response.error`.
+    pub fn take_exit(&mut self) -> Option<http::Response<Body>> {
+        self.exit.take()
+    }
+
+    fn engine(&mut self) -> Result<&mut Engine, LuaError> {
+        self.engine
+            .as_deref_mut()
+            .ok_or_else(|| LuaError::new("Lua is not enabled for this plugin run"))
+    }
+
+    /// Calls `func` with the request moved into the VM (cheap moves, no copies),
+    /// within the instruction budget, and moves it back whatever happens.
+    fn call(&mut self, func: &Function) -> Result<Value, LuaError> {
+        let state = ReqState {
+            plugin: self.plugin,
+            request_id: std::mem::take(&mut self.request_id),
+            method: self.ctx.method.clone(),
+            headers: std::mem::take(self.ctx.headers),
+            uri: std::mem::take(self.ctx.uri),
+            body: self.ctx.body.as_deref_mut().map(std::mem::take),
+            captures: self
+                .captures
+                .take()
+                .unwrap_or_else(|| self.ctx.captures.clone()),
+            upstream: std::mem::take(self.ctx.upstream),
+            client_ip: self.ctx.client_ip,
+            exit: None,
+        };
+        let Some(engine) = self.engine.as_deref_mut() else {
+            return Err(LuaError::new("Lua is not enabled for this plugin run"));
+        };
+        engine.lua.set_app_data(state);
+        engine.flags.reset();
+        let result = func.call::<Value>(());
+        let back = engine.lua.remove_app_data::<ReqState>();
+        let (exhausted, exited) = (engine.flags.exhausted.get(), engine.flags.exited.get());
+        if let Err(mlua::Error::MemoryError(_)) = &result {
+            engine.broken = true;
+        }
+        let Some(st) = back else {
+            return Err(LuaError::new(
+                "the request state was lost during a Lua call",
+            ));
+        };
+        *self.ctx.headers = st.headers;
+        *self.ctx.uri = st.uri;
+        if let (Some(b), Some(nb)) = (self.ctx.body.as_deref_mut(), st.body) {
+            *b = nb;
+        }
+        *self.ctx.upstream = st.upstream;
+        self.captures = Some(st.captures);
+        self.request_id = st.request_id;
+        if st.exit.is_some() {
+            self.exit = st.exit;
+        }
+        match result {
+            Ok(v) => Ok(v),
+            Err(_) if exited && self.exit.is_some() => Ok(Value::Nil),
+            Err(e) if exhausted => Err(LuaError(format!(
+                "instruction budget exceeded ({BUDGET_INSTRUCTIONS} instructions): {}",
+                describe(&e)
+            ))),
+            Err(e) => Err(err(&e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! request-transformer value templates, as Kong compiles them with Penlight's
+//! `pl.template` (escape character disabled): every `$` followed by a balanced
+//! `( ... )` group (Lua's `%b()`: parentheses are counted, quotes are not) is a Lua
+//! expression whose value is rendered with `tostring(value or '')`, so `nil` and
+//! `false` render as the empty string; the rest is literal text. There is no
+//! backslash escape: a literal `$(x)` is written `$('$(x)')`, as Kong documents.
+
+use super::{Chunk, compile_chunk};
+
+/// A compiled value: literal text needs no Lua at all.
+#[derive(Clone, Debug)]
+pub enum Template {
+    Const(Vec<u8>),
+    Lua(Chunk),
+}
+
+impl Template {
+    /// Parses and compiles `src` (syntax-checked now; each worker thread compiles the
+    /// generated Lua once, on first use). `name` labels Lua errors.
+    pub fn compile(src: &str, name: &str) -> Result<Template, String> {
+        match to_lua(src) {
+            None => Ok(Template::Const(src.as_bytes().to_vec())),
+            Some(code) => compile_chunk(name, code, super::Kind::Template).map(Template::Lua),
+        }
+    }
+
+    pub fn is_lua(&self) -> bool {
+        matches!(self, Template::Lua(_))
+    }
+}
+
+/// The Lua chunk for a template, or None when it has no `$( ... )` (a constant).
+///
+/// The chunk returns the concatenation of the pieces; `__tostring` is the real
+/// `tostring`, looked up in the template's environment as Penlight does.
+pub fn to_lua(src: &str) -> Option<String> {
+    let b = src.as_bytes();
+    let mut pieces: Vec<String> = Vec::new();
+    let mut any_expr = false;
+    let mut text_start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$'
+            && b.get(i + 1) == Some(&b'(')
+            && let Some(end) = balanced(b, i + 1)
+        {
+            if text_start < i {
+                pieces.push(lua_quote(&b[text_start..i]));
+            }
+            // `end` is the index of the closing parenthesis.
+            let inner = &src[i + 2..end];
+            pieces.push(format!("__tostring(({inner}) or '')"));
+            any_expr = true;
+            i = end + 1;
+            text_start = i;
+            continue;
+        }
+        i += 1;
+    }
+    if !any_expr {
+        return None;
+    }
+    if text_start < b.len() {
+        pieces.push(lua_quote(&b[text_start..]));
+    }
+    // Everything on the template's first line, so Lua's line numbers are the template's.
+    Some(format!(
+        "local __tostring = __tostring; return {}",
+        pieces.join(" .. ")
+    ))
+}
+
+/// Lua's `%b()` from the `(` at `open`: the index of the matching `)`.
+fn balanced(b: &[u8], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (j, &c) in b.iter().enumerate().skip(open) {
+        if c == b')' {
+            depth = depth.saturating_sub(1);
+            if depth == 0 {
+                return Some(j);
+            }
+        } else if c == b'(' {
+            depth += 1;
+        }
+    }
+    None
+}
+
+/// A Lua string literal holding exactly `bytes`.
+fn lua_quote(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() + 2);
+    s.push('"');
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'"' => s.push_str("\\\""),
+            b'\\' => s.push_str("\\\\"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            0..=31 | 127 => s.push_str(&format!("\\{c:03}")),
+            0..=127 => s.push(char::from(c)),
+            _ => {
+                // Non-ASCII: copy the whole UTF-8 sequence (the source is a &str).
+                let len = utf8_len(c);
+                match std::str::from_utf8(&bytes[i..(i + len).min(bytes.len())]) {
+                    Ok(ch) => s.push_str(ch),
+                    Err(_) => s.push_str(&format!("\\{c:03}")),
+                }
+                i += len.max(1);
+                continue;
+            }
+        }
+        i += 1;
+    }
+    s.push('"');
+    s
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_templates_need_no_lua() {
+        assert!(to_lua("Bearer abc").is_none());
+        assert!(to_lua("$HOME").is_none());
+        assert!(to_lua("$(unbalanced").is_none());
+        assert!(to_lua("cost: 5$").is_none());
+    }
+
+    #[test]
+    fn expressions_and_text() {
+        assert_eq!(
+            to_lua(" $(headers.x)").unwrap(),
+            "local __tostring = __tostring; return \" \" .. __tostring((headers.x) or '')"
+        );
+        assert_eq!(
+            to_lua("/v2/$(uri_captures[\"p\"])/x").unwrap(),
+            "local __tostring = __tostring; return \"/v2/\" .. __tostring((uri_captures[\"p\"]) or '') .. \"/x\""
+        );
+        // Nested parentheses are part of the expression.
+        assert_eq!(
+            to_lua("$((a and b) or c)").unwrap(),
+            "local __tostring = __tostring; return __tostring(((a and b) or c) or '')"
+        );
+        // `$$(x)`: the first `$` is text.
+        assert_eq!(
+            to_lua("$$(x)").unwrap(),
+            "local __tostring = __tostring; return \"$\" .. __tostring((x) or '')"
+        );
+        // Kong's documented escape: a string expression.
+        assert_eq!(
+            to_lua("$('$(x)')").unwrap(),
+            "local __tostring = __tostring; return __tostring(('$(x)') or '')"
+        );
+        assert_eq!(lua_quote("é\"\\\n\t".as_bytes()), "\"é\\\"\\\\\\n\\009\"");
+    }
+}
