@@ -110,17 +110,21 @@ fn main() -> ExitCode {
                 config: a.config.config,
                 listen: a.listen,
                 status_listen: a.status_listen,
-                trusted_ips: a
-                    .trusted_ips
-                    .or_else(|| std::env::var("KONG_TRUSTED_IPS").ok()),
-                real_ip_header: a
-                    .real_ip_header
-                    .or_else(|| std::env::var("KONG_REAL_IP_HEADER").ok()),
+                // An empty value (compose's `${VAR:-}`) counts as unset, so the
+                // KONG_* fallback still applies.
+                trusted_ips: non_empty(a.trusted_ips)
+                    .or_else(|| non_empty(std::env::var("KONG_TRUSTED_IPS").ok())),
+                real_ip_header: non_empty(a.real_ip_header)
+                    .or_else(|| non_empty(std::env::var("KONG_REAL_IP_HEADER").ok())),
                 real_ip_recursive: a.real_ip_recursive
                     || std::env::var("KONG_REAL_IP_RECURSIVE").is_ok_and(|v| v == "on"),
-                access_log: a.access_log,
+                access_log: non_empty(Some(a.access_log)).unwrap_or_else(|| "combined".into()),
             };
             cli::run(opts)
         }
     }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
 }

@@ -412,7 +412,7 @@ async fn invalid_files_keep_old_config_and_report() {
         (
             "bad YAML",
             format!("{good}      - paths: [/v2\n"),
-            format!("{file}:7:16: error: line 7 column 16: unclosed bracket '['"),
+            format!("{file}:7:16: unclosed bracket '['"),
         ),
         (
             "unknown plugin",
