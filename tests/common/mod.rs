@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portcullis::proxy::{Gateway, ReloadStatus, Settings};
+use portcullis::proxy::{Gateway, Settings};
 use portcullis::upstream::ClientCache;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,12 +47,7 @@ pub async fn gateway_with(yaml: &str, mut settings: Settings, bind: &str) -> Tes
         Ok(s) => s,
         Err(e) => panic!("test config invalid:\n{e}"),
     };
-    let gw = Arc::new(Gateway {
-        snapshot: arc_swap::ArcSwap::from_pointee(snap),
-        settings,
-        clients,
-        status: std::sync::Mutex::new(ReloadStatus::default()),
-    });
+    let gw = Arc::new(Gateway::new(snap, settings, clients));
     let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -190,7 +185,18 @@ where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Response<portcullis::body::Body>> + Send + 'static,
 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_upstream_at("127.0.0.1:0", f).await
+}
+
+/// Like `serve_upstream`, on a given loopback address.
+pub async fn serve_upstream_at<F, Fut>(bind: &str, f: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Response<portcullis::body::Body>> + Send + 'static,
+{
+    let l = TcpListener::bind(bind)
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind {bind}: {e}"));
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
