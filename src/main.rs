@@ -91,13 +91,40 @@ struct RunArgs {
     /// Access log format: combined, json or off.
     #[arg(long, env = "PORTCULLIS_ACCESS_LOG", default_value = "combined")]
     access_log: String,
+    /// HTTPS listener (HTTP/2 and HTTP/1.1 by ALPN), or "off".
+    #[arg(long, env = "PORTCULLIS_TLS_LISTEN", default_value = "0.0.0.0:8443")]
+    tls_listen: String,
+    /// PEM certificate chain for the HTTPS listener (none: self-signed). Env: PORTCULLIS_TLS_CERT, else KONG_SSL_CERT.
+    #[arg(long, env = "PORTCULLIS_TLS_CERT")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert. Env: PORTCULLIS_TLS_KEY, else KONG_SSL_CERT_KEY.
+    #[arg(long, env = "PORTCULLIS_TLS_KEY")]
+    tls_key: Option<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "PORTCULLIS_DRAIN_TIMEOUT", default_value = "30", value_parser = cli::parse_seconds)]
+    drain_timeout: std::time::Duration,
+    /// Maximum open client connections (the rest wait to be accepted).
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Maximum request line + headers, in bytes (over: 400 "Request header or cookie too large").
+    #[arg(long, env = "PORTCULLIS_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    max_header_bytes: usize,
+    /// Maximum request target (path and query), in bytes (over: 414 "URI too long").
+    #[arg(long, env = "PORTCULLIS_MAX_URI_BYTES", default_value_t = 8 * 1024)]
+    max_uri_bytes: usize,
+    /// Seconds a client gets to send a request head (and the TLS handshake); also the idle keep-alive timeout.
+    #[arg(long, env = "PORTCULLIS_HEADER_TIMEOUT", default_value = "60", value_parser = cli::parse_seconds)]
+    header_timeout: std::time::Duration,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colours only on a terminal: container logs and log pipelines get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
     match cli.command {
         Command::Check(a) => cli::check(a.config),
@@ -119,6 +146,18 @@ fn main() -> ExitCode {
                 real_ip_recursive: a.real_ip_recursive
                     || std::env::var("KONG_REAL_IP_RECURSIVE").is_ok_and(|v| v == "on"),
                 access_log: non_empty(Some(a.access_log)).unwrap_or_else(|| "combined".into()),
+                tls_listen: a.tls_listen,
+                tls_cert: non_empty(a.tls_cert)
+                    .or_else(|| non_empty(std::env::var("KONG_SSL_CERT").ok())),
+                tls_key: non_empty(a.tls_key)
+                    .or_else(|| non_empty(std::env::var("KONG_SSL_CERT_KEY").ok())),
+                drain_timeout: a.drain_timeout,
+                limits: portcullis::server::Limits {
+                    max_header_bytes: a.max_header_bytes,
+                    max_uri_bytes: a.max_uri_bytes,
+                    header_timeout: a.header_timeout,
+                    max_connections: a.max_connections,
+                },
             };
             cli::run(opts)
         }
