@@ -228,8 +228,7 @@ fn kong_health_through_the_entrypoint() {
         .env("PORTCULLIS_STATUS_LISTEN", &addr)
         .output()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(
         out.status.success(),
         "{}",
