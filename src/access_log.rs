@@ -117,24 +117,35 @@ fn escape(s: &str) -> String {
     out
 }
 
-/// Wraps a response body, counts the bytes sent and writes the log line at the end.
+/// Wraps a response body, counts the bytes sent and, when the body ends (or the
+/// client goes away), writes the log line (if logging is on) and counts the request
+/// in the metrics.
 pub struct LoggedBody {
     inner: Body,
     bytes: u64,
     record: Option<Box<Record>>,
+    metrics: Option<crate::metrics::Finish>,
 }
 
 impl LoggedBody {
-    pub fn new(inner: Body, record: Box<Record>) -> LoggedBody {
+    pub fn new(
+        inner: Body,
+        record: Option<Box<Record>>,
+        metrics: crate::metrics::Finish,
+    ) -> LoggedBody {
         LoggedBody {
             inner,
             bytes: 0,
-            record: Some(record),
+            record,
+            metrics: Some(metrics),
         }
     }
     fn finish(&mut self) {
         if let Some(r) = self.record.take() {
             r.write(self.bytes);
+        }
+        if let Some(m) = self.metrics.take() {
+            m.done();
         }
     }
 }

@@ -3,12 +3,12 @@
 use crate::access_log;
 use crate::config;
 use crate::ipset::IpSet;
-use crate::proxy::{Gateway, ReloadStatus, Settings};
+use crate::proxy::{Gateway, Settings};
 use crate::server;
 use crate::upstream::ClientCache;
-use arc_swap::ArcSwap;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The default config, compiled into the binary: served when no file is named and
 /// ./gateway.yaml does not exist.
@@ -76,6 +76,34 @@ pub struct RunOptions {
     pub real_ip_header: Option<String>,
     pub real_ip_recursive: bool,
     pub access_log: String,
+    /// HTTPS listener address, or "off".
+    pub tls_listen: String,
+    /// PEM certificate chain and private key; neither: a self-signed certificate.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub drain_timeout: Duration,
+    pub limits: server::Limits,
+}
+
+/// A flag value in seconds (`30`, `0.5`).
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("'{s}' is not a number of seconds"))
+}
+
+/// The certificate files, when both or neither are given (an empty value is unset).
+fn tls_files(o: &RunOptions) -> Result<Option<(String, String)>, String> {
+    let set = |v: &Option<String>| v.clone().filter(|p| !p.trim().is_empty());
+    match (set(&o.tls_cert), set(&o.tls_key)) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err("--tls-cert needs --tls-key (or KONG_SSL_CERT_KEY)".into()),
+        (None, Some(_)) => Err("--tls-key needs --tls-cert (or KONG_SSL_CERT)".into()),
+    }
 }
 
 fn settings(o: &RunOptions) -> Result<Settings, String> {
@@ -102,6 +130,16 @@ fn settings(o: &RunOptions) -> Result<Settings, String> {
         .access_log
         .parse::<access_log::Format>()
         .map_err(|e| format!("--access-log: {e}"))?;
+    if o.limits.max_connections == 0 {
+        return Err("--max-connections: must be at least 1".into());
+    }
+    if o.limits.max_header_bytes < 1024 || o.limits.max_uri_bytes < 64 {
+        return Err(
+            "--max-header-bytes must be at least 1024 and --max-uri-bytes at least 64".into(),
+        );
+    }
+    s.limits = o.limits.clone();
+    s.drain_timeout = o.drain_timeout;
     Ok(s)
 }
 
@@ -119,6 +157,18 @@ pub fn run(o: RunOptions) -> ExitCode {
         eprintln!("portcullis: --listen: no address given (use 'off' for no proxy listener)");
         return ExitCode::from(2);
     }
+    let tls_listen = o.tls_listen.trim().to_string();
+    if tls_listen.is_empty() {
+        eprintln!("portcullis: --tls-listen: no address given (use 'off' for no TLS listener)");
+        return ExitCode::from(2);
+    }
+    let tls_files = match tls_files(&o) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -152,12 +202,31 @@ pub fn run(o: RunOptions) -> ExitCode {
             hash = snap.config_hash.as_str(),
             "config loaded"
         );
-        let gw = Arc::new(Gateway {
-            snapshot: ArcSwap::from_pointee(snap),
-            settings,
-            clients,
-            status: std::sync::Mutex::new(ReloadStatus::default()),
-        });
+        let mut gateway = Gateway::new(snap, settings, clients);
+        if tls_listen != "off" {
+            let certs = match &tls_files {
+                Some((cert, key)) => crate::tls::ServerCerts::from_files(
+                    std::path::Path::new(cert),
+                    std::path::Path::new(key),
+                )
+                .map_err(|errs| errs.to_string()),
+                None => crate::tls::ServerCerts::self_signed(),
+            };
+            match certs {
+                Ok(c) => {
+                    if c.is_self_signed() {
+                        tracing::info!("no TLS certificate configured: using a self-signed one for localhost");
+                    }
+                    gateway.tls = Some(Arc::new(c));
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("portcullis: the TLS certificate is unusable; not starting");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        let gw = Arc::new(gateway);
 
         let (tx, rx) = tokio::sync::watch::channel(false);
         let shutdown = move || {
@@ -187,6 +256,20 @@ pub fn run(o: RunOptions) -> ExitCode {
                 tasks.push(tokio::spawn(server::run(Arc::clone(&gw), l, shutdown())));
             }
         }
+        if tls_listen != "off" {
+            let l = match tokio::net::TcpListener::bind(&tls_listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("portcullis: cannot listen on {tls_listen} (TLS): {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "tls listening");
+            tasks.push(tokio::spawn(server::run_tls(Arc::clone(&gw), l, shutdown())));
+        }
+        // The status listener outlives the drain, answering /health 503 meanwhile.
+        let (status_tx, status_rx) = tokio::sync::watch::channel(false);
+        let mut status_task = None;
         if o.status_listen != "off" {
             let addr = o.status_listen.trim();
             let l = match tokio::net::TcpListener::bind(addr).await {
@@ -197,12 +280,31 @@ pub fn run(o: RunOptions) -> ExitCode {
                 }
             };
             tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "status listening");
-            tasks.push(tokio::spawn(server::run_status(Arc::clone(&gw), l, shutdown())));
+            let mut rx = status_rx.clone();
+            status_task = Some(tokio::spawn(server::run_status(Arc::clone(&gw), l, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })));
         }
         wait_for_signal().await;
-        tracing::info!("shutting down: draining in-flight requests");
+        tracing::info!(
+            drain_timeout_s = gw.settings.drain_timeout.as_secs_f64(),
+            "shutting down: no new connections; draining in-flight requests"
+        );
+        gw.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        gw.metrics.set_draining(true);
         let _ = tx.send(true);
-        for t in tasks {
+        let drained = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        // A second SIGTERM/SIGINT skips the rest of the drain.
+        tokio::select! {
+            _ = drained => tracing::info!("drained; exiting"),
+            _ = wait_for_signal() => tracing::warn!("second signal: exiting without finishing the drain"),
+        }
+        let _ = status_tx.send(true);
+        if let Some(t) = status_task {
             let _ = t.await;
         }
         let _ = reloader.await;

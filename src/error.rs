@@ -20,6 +20,11 @@ pub enum GatewayError {
     BadRequest,
     /// TRACE is refused, as nginx/Kong do.
     MethodNotAllowed,
+    /// The request head is larger than `--max-header-bytes` (nginx's 494, which Kong
+    /// answers as 400).
+    HeaderTooLarge,
+    /// The request target is longer than `--max-uri-bytes`.
+    UriTooLong,
     /// Upstream refused, reset, or sent an invalid response.
     UpstreamInvalid,
     /// Connect/read/write timeout towards the upstream.
@@ -63,6 +68,12 @@ impl GatewayError {
                 "Method not allowed",
                 Producer::Nginx,
             ),
+            GatewayError::HeaderTooLarge => (
+                StatusCode::BAD_REQUEST,
+                "Request header or cookie too large",
+                Producer::Nginx,
+            ),
+            GatewayError::UriTooLong => (StatusCode::URI_TOO_LONG, "URI too long", Producer::Nginx),
             GatewayError::UpstreamInvalid => (
                 StatusCode::BAD_GATEWAY,
                 "An invalid response was received from the upstream server",
@@ -83,6 +94,23 @@ impl GatewayError {
                 "An unexpected error occurred",
                 Producer::Nginx,
             ),
+        }
+    }
+
+    /// A short stable name, for metrics labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "no_route",
+            GatewayError::NoService => "no_service",
+            GatewayError::HttpsRequired => "https_required",
+            GatewayError::BadRequest => "bad_request",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
+            GatewayError::HeaderTooLarge => "header_too_large",
+            GatewayError::UriTooLong => "uri_too_long",
+            GatewayError::UpstreamInvalid => "invalid_response",
+            GatewayError::UpstreamTimeout => "timeout",
+            GatewayError::NameResolution => "name_resolution",
+            GatewayError::Internal => "internal",
         }
     }
 
@@ -185,7 +213,24 @@ pub fn render(
     request_id: &str,
     head: bool,
 ) -> Response<Body> {
-    let (ctype, text) = match format {
+    let (ctype, text) = render_text(format, msg, request_id);
+    let len = text.len();
+    let mut resp = Response::new(if head {
+        body::empty()
+    } else {
+        body::full(text)
+    });
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+/// The content type and body of an error in `format` (for `render`, and for answers
+/// written on the raw connection when hyper refuses a request head).
+pub fn render_text(format: Format, msg: &str, request_id: &str) -> (&'static str, String) {
+    match format {
         Format::Json => (
             "application/json; charset=utf-8",
             format!("{{\n  \"message\":\"{msg}\",\n  \"request_id\":\"{request_id}\"\n}}"),
@@ -206,18 +251,7 @@ pub fn render(
                 "<!doctype html>\n<html>\n  <head>\n    <meta charset=\"utf-8\">\n    <title>Error</title>\n  </head>\n  <body>\n    <h1>Error</h1>\n    <p>{msg}.</p>\n    <p>request_id: {request_id}</p>\n  </body>\n</html>\n"
             ),
         ),
-    };
-    let len = text.len();
-    let mut resp = Response::new(if head {
-        body::empty()
-    } else {
-        body::full(text)
-    });
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
-    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-    resp
+    }
 }
 
 /// `kong.response.exit(status, {message = ...})`: JSON without a request id.

@@ -203,6 +203,10 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
                         _ => format!("ANSWERS → {status}{summary}"),
                     }
                 }
+                // Explain sends nothing, so keys are never fetched here.
+                Flow::Wait(_) => {
+                    "would fetch the authorization server's keys, then check the bearer token (explain fetches nothing)".to_string()
+                }
                 Flow::Echo { status, .. } => {
                     answer = Some(format!(
                         "{} answers {status} (echo of the request)",

@@ -5,9 +5,12 @@
 //! - `snapshot`: the immutable compiled config a request reads
 //! - `path`, `router`: Kong's path normalisation, strip_path joins and route matching
 //! - `plugins`: the closed plugin enum and one file per plugin (`cors`, `ipset` hold their cores)
+//! - `jwks`: an authorization server's signing keys, fetched and cached for `oauth2-resource`
 //! - `proxy`: the life of one request; `upstream`: pooled clients, retries, error classes
 //! - `error`: every gateway-made response; `access_log`: combined/JSON lines
-//! - `server`: listeners, the status endpoint, graceful shutdown
+//! - `server`: listeners (HTTP/1.1 and HTTP/2, cleartext and TLS), limits, the status
+//!   endpoint, graceful shutdown; `tls`: certificates (server and upstream);
+//!   `metrics`: the Prometheus counters behind /metrics
 //!
 //! The life of one request: the server accepts and calls `proxy::handle`, which loads
 //! the snapshot once (a reload midway doesn't affect it), computes the real client IP,
@@ -25,7 +28,9 @@ pub mod cors;
 pub mod error;
 pub mod explain;
 pub mod ipset;
+pub mod jwks;
 pub mod lua;
+pub mod metrics;
 pub mod path;
 pub mod plugins;
 pub mod proxy;
@@ -33,4 +38,5 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

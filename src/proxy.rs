@@ -19,8 +19,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The most of a request body a plugin may buffer (key-auth's `key_in_body`).
 const BUFFERED_BODY_LIMIT: usize = 8 << 20;
@@ -53,6 +53,10 @@ pub struct Settings {
     pub real_ip_header: HeaderName,
     pub real_ip_recursive: bool,
     pub access_log: access_log::Format,
+    /// Request and connection limits (see `server::Limits`).
+    pub limits: crate::server::Limits,
+    /// How long in-flight requests may take to finish once shutdown starts.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -62,6 +66,8 @@ impl Default for Settings {
             real_ip_header: X_REAL_IP.clone(),
             real_ip_recursive: false,
             access_log: access_log::Format::Combined,
+            limits: crate::server::Limits::default(),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -72,6 +78,39 @@ pub struct Gateway {
     pub settings: Settings,
     pub clients: upstream::ClientCache,
     pub status: std::sync::Mutex<ReloadStatus>,
+    /// Counters and histograms behind the status listener's /metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// The HTTPS listener's certificate, re-read on every reload (None: no TLS listener).
+    pub tls: Option<Arc<crate::tls::ServerCerts>>,
+    /// One permit per open client connection, across the proxy listeners.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// Set when shutdown starts: /health answers 503 while requests drain.
+    pub draining: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway serving `snapshot`, without a TLS certificate (set `tls` before
+    /// sharing it to serve HTTPS).
+    pub fn new(snapshot: Snapshot, settings: Settings, clients: upstream::ClientCache) -> Gateway {
+        let permits = settings
+            .limits
+            .max_connections
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            settings,
+            clients,
+            status: std::sync::Mutex::new(ReloadStatus::default()),
+            metrics: crate::metrics::Metrics::new(),
+            tls: None,
+            connections: Arc::new(tokio::sync::Semaphore::new(permits)),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 /// The outcome of reloads so far (`reload.rs` writes it, /status reads it); the
@@ -95,7 +134,7 @@ pub struct Listener {
 }
 
 /// A cheap unique request id (32 hex digits): a per-process random prefix and a counter.
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
@@ -159,11 +198,15 @@ pub async fn handle(
             client_ip,
             remote_user: basic_user(req.headers()),
             method: req.method().as_str().to_string(),
-            target: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
+            // As on the request line: nginx logs an absolute-form target as sent.
+            target: if req.version() < Version::HTTP_2 && req.uri().scheme().is_some() {
+                req.uri().to_string()
+            } else {
+                req.uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "/".into())
+            },
             version: version_str(req.version()),
             status: 0,
             referer: header_str(req.headers(), &header::REFERER),
@@ -209,19 +252,23 @@ pub async fn handle(
         }
     }
 
-    match record.as_mut() {
-        Some(r) => {
-            r.status = resp.status().as_u16();
-            r.route = info.route;
-            r.service = info.service;
-            r.upstream_ms = info.upstream_ms;
-        }
-        None => return resp,
+    // Counted when the body ends, with the access log line (Kong's log phase).
+    let finish = crate::metrics::Finish {
+        handles: gw.metrics.route(
+            info.route.as_deref().unwrap_or(""),
+            info.service.as_deref().unwrap_or(""),
+        ),
+        status: resp.status().as_u16(),
+        start,
+        upstream: info.upstream_time,
+    };
+    if let Some(r) = record.as_mut() {
+        r.status = resp.status().as_u16();
+        r.route = info.route;
+        r.service = info.service;
+        r.upstream_ms = info.upstream_ms;
     }
-    match record {
-        Some(r) => resp.map(|b| LoggedBody::new(b, r).boxed()),
-        None => resp,
-    }
+    resp.map(|b| LoggedBody::new(b, record, finish).boxed())
 }
 
 fn header_str(h: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -234,6 +281,8 @@ struct Info {
     route: Option<String>,
     service: Option<String>,
     upstream_ms: Option<u128>,
+    /// The same, precise, for the latency histogram.
+    upstream_time: Option<Duration>,
     proxy_ms: Option<u128>,
 }
 
@@ -257,6 +306,10 @@ impl Exchange<'_> {
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
 
+        // nginx's limits first: it refuses these before anything else runs.
+        if let Some(e) = self.gw.settings.limits.check_head(&parts) {
+            return (self.error(e, &parts.headers, &method), info);
+        }
         if method == Method::TRACE {
             return (
                 self.error(GatewayError::MethodNotAllowed, &parts.headers, &method),
@@ -415,7 +468,13 @@ impl Exchange<'_> {
                     continue;
                 }
                 last = Some(name);
-                match link.plugin.access(&mut ctx) {
+                let mut flow = link.plugin.access(&mut ctx);
+                if let Flow::Wait(fetch) = flow {
+                    // e.g. signing keys: fetched on this request's task, then decide.
+                    fetch.await;
+                    flow = link.plugin.access(&mut ctx);
+                }
+                match flow {
                     Flow::Continue => {}
                     other => {
                         answer = Some(other);
@@ -427,6 +486,13 @@ impl Exchange<'_> {
         let consumer = auth.consumer;
         match answer {
             None | Some(Flow::Continue) => {}
+            Some(Flow::Wait(_)) => {
+                // A plugin that still cannot decide after its wait: a bug, not the
+                // client's fault, and never a pass.
+                let mut resp = self.error(GatewayError::Internal, &parts.headers, &method);
+                run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
+                return (resp, info);
+            }
             Some(Flow::Respond(mut resp)) => {
                 run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
                 return (resp, info);
@@ -570,7 +636,9 @@ impl Exchange<'_> {
         let sent_at = Instant::now();
         info.proxy_ms = Some(sent_at.duration_since(self.start).as_millis());
         let result = upstream::send(&upstream.client, up_req, upstream.retries).await;
-        info.upstream_ms = Some(sent_at.elapsed().as_millis());
+        let upstream_time = sent_at.elapsed();
+        info.upstream_ms = Some(upstream_time.as_millis());
+        info.upstream_time = Some(upstream_time);
 
         let req_headers = saved_headers.unwrap_or_default();
         match result {
@@ -622,6 +690,8 @@ impl Exchange<'_> {
                     "upstream request failed"
                 );
                 info.upstream_ms = None;
+                info.upstream_time = None;
+                self.gw.metrics.upstream_error(&upstream.name, &kind);
                 let mut negotiate = HeaderMap::new();
                 if let Some(a) = accept {
                     negotiate.insert(header::ACCEPT, a);

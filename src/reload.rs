@@ -84,7 +84,13 @@ static RELOAD_LOCK: Mutex<()> = Mutex::new(());
 /// Blocking (file I/O and compilation): call it from `spawn_blocking` on a runtime.
 pub fn reload(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
     let _serial = RELOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let result = load_if_changed(gw, path);
+    // The TLS certificate files are re-read too; a bad one fails the whole reload.
+    let result = crate::tls::with_certs(gw.tls.as_deref(), || load_if_changed(gw, path));
+    gw.metrics.reload(match &result {
+        Ok(Outcome::Reloaded(_)) => crate::metrics::ReloadOutcome::Reloaded,
+        Ok(Outcome::Unchanged(_)) => crate::metrics::ReloadOutcome::Unchanged,
+        Err(_) => crate::metrics::ReloadOutcome::Failed,
+    });
     let mut st = gw.status.lock().unwrap_or_else(PoisonError::into_inner);
     match &result {
         Ok(Outcome::Reloaded(_)) => {
@@ -395,7 +401,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::{ReloadStatus, Settings};
+    use crate::proxy::Settings;
     use crate::upstream::ClientCache;
 
     const A: &str = "_format_version: \"3.0\"\nservices:\n  - name: a\n    url: http://127.0.0.1:9/\n    routes:\n      - paths: [/a]\n";
@@ -404,12 +410,7 @@ mod tests {
     fn gateway(path: &Path) -> Gateway {
         let clients = ClientCache::default();
         let snap = config::load(path.to_str().unwrap(), 1, &clients).unwrap();
-        Gateway {
-            snapshot: arc_swap::ArcSwap::from_pointee(snap),
-            settings: Settings::default(),
-            clients,
-            status: Mutex::new(ReloadStatus::default()),
-        }
+        Gateway::new(snap, Settings::default(), clients)
     }
 
     #[test]

@@ -1,78 +1,530 @@
-//! Listeners: the proxy listeners (HTTP/1.1 and HTTP/2 cleartext on one port) and the
-//! status listener (/health, /status), with graceful shutdown.
+//! Listeners: the proxy listeners (HTTP/1.1 and HTTP/2 on one port, cleartext with h2
+//! prior knowledge, or TLS with ALPN `h2`/`http/1.1`), their limits, and the status
+//! listener (/health, /status, /metrics), with graceful shutdown.
+//!
+//! Limits, with nginx's answers as Kong gives them:
+//! - request head (request line + headers) over `max_header_bytes` → 400
+//!   `Request header or cookie too large` (nginx's 494); request target over
+//!   `max_uri_bytes` → 414 `URI too long`. Both are checked on the parsed request
+//!   (`Limits::check_head`); a head that doesn't even fit hyper's read buffer (sized to
+//!   the same limit) makes hyper answer a bare 431 itself, which [`ConnIo`] rewrites on
+//!   the wire into the same Kong 400 (and hyper's bare 400/414 into Kong's).
+//! - `header_timeout`: a connection must complete its TLS handshake and first request
+//!   head within it, and every later HTTP/1.1 request head too (this is also the idle
+//!   keep-alive timeout, like nginx's client_header_timeout + keepalive_timeout); then
+//!   it is closed without an answer, as nginx does.
+//! - `max_connections`: at the limit the listeners stop accepting, so new connections
+//!   wait in the kernel's accept queue (nginx's worker_connections); one is accepted
+//!   for every one that closes. WebSocket tunnels count until they close.
 
 use crate::body::{self, Body};
+use crate::error::GatewayError;
+use crate::metrics::{ConnectionError, OpenConnection};
 use crate::proxy::{self, Gateway, Listener};
+use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 
-/// How long in-flight requests may take to finish once shutdown starts.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request and connection limits (flags `--max-header-bytes`, `--max-uri-bytes`,
+/// `--header-timeout`, `--max-connections`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Request line plus headers (name, value, `: ` and CRLF each). nginx's
+    /// `large_client_header_buffers 4 8k` allows about 32 KiB.
+    pub max_header_bytes: usize,
+    /// Request target (path and query). nginx: one 8 KiB buffer for the request line.
+    pub max_uri_bytes: usize,
+    /// TLS handshake + first request head, and each later HTTP/1.1 request head.
+    pub header_timeout: Duration,
+    /// Open client connections across the proxy listeners.
+    pub max_connections: usize,
+}
 
-/// Serves the proxy on `listener` until `shutdown` completes, then drains.
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 32 * 1024,
+            max_uri_bytes: 8 * 1024,
+            header_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// hyper refuses a read buffer below this (and panics when asked).
+const HYPER_MIN_BUF: usize = 8192;
+
+impl Limits {
+    /// The gateway error for a request head over a limit, if it is.
+    pub fn check_head(&self, parts: &http::request::Parts) -> Option<GatewayError> {
+        let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
+        if target > self.max_uri_bytes {
+            return Some(GatewayError::UriTooLong);
+        }
+        // "METHOD target HTTP/1.1\r\n", then "name: value\r\n" per header.
+        let mut size = parts.method.as_str().len() + target + 11;
+        for (name, value) in &parts.headers {
+            size += name.as_str().len() + value.len() + 4;
+            if size > self.max_header_bytes {
+                return Some(GatewayError::HeaderTooLarge);
+            }
+        }
+        None
+    }
+
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        let mut h1 = b.http1();
+        h1.timer(TokioTimer::new())
+            .max_buf_size(self.max_header_bytes.max(HYPER_MIN_BUF));
+        if !self.header_timeout.is_zero() {
+            h1.header_read_timeout(self.header_timeout);
+        }
+        // Room above the limit so `check_head` answers (HPACK counts 32 bytes more
+        // per header than the request does).
+        let h2_list = self
+            .max_header_bytes
+            .saturating_mul(2)
+            .saturating_add(16 * 1024);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX));
+        b
+    }
+}
+
+/// Serves the proxy over cleartext HTTP (HTTP/1.1, and HTTP/2 with prior knowledge)
+/// on `listener` until `shutdown` completes, then drains.
 pub async fn run(
     gw: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
+    serve(gw, listener, None, shutdown).await
+}
+
+/// Serves the proxy over TLS with `gw.tls`'s certificate (ALPN h2 and http/1.1).
+pub async fn run_tls(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let Some(certs) = gw.tls.clone() else {
+        return Err(io::Error::other("no TLS certificate configured"));
+    };
+    let cfg = certs.server_config().map_err(io::Error::other)?;
+    serve(
+        gw,
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(cfg)),
+        shutdown,
+    )
+    .await
+}
+
+async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let port = listener.local_addr()?.port();
-    let info = Listener { port, tls: false };
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let info = Listener {
+        port,
+        tls: tls.is_some(),
+    };
+    let builder = Arc::new(gw.settings.limits.builder());
+    // Each connection task holds a receiver: a send starts the drain, and `closed`
+    // tells when the last connection has finished.
+    let (drain, _) = tokio::sync::watch::channel(());
+    let mut warned_full: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let gw = Arc::clone(&gw);
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let gw = Arc::clone(&gw);
-                    async move { Ok::<_, std::convert::Infallible>(proxy::handle(gw, req, peer, info).await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
+        // A permit first: at the limit, connections wait in the accept queue.
+        let permit = match Arc::clone(&gw.connections).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    warned_full = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = gw.settings.limits.max_connections,
+                        "connection limit reached; new connections wait"
+                    );
+                }
+                tokio::select! {
+                    p = Arc::clone(&gw.connections).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = &mut shutdown => break,
+                }
             }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             _ = &mut shutdown => break,
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = ConnGuard {
+            _permit: permit,
+            _open: gw.metrics.connection_opened(info.tls),
+        };
+        let conn = Connection {
+            gw: Arc::clone(&gw),
+            builder: Arc::clone(&builder),
+            peer,
+            info,
+        };
+        let signal = drain.subscribe();
+        match &tls {
+            None => tokio::spawn(conn.plain(stream, guard, signal)),
+            Some(acceptor) => tokio::spawn(conn.tls(acceptor.clone(), stream, guard, signal)),
+        };
     }
     drop(listener);
+    let _ = drain.send(());
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("drain timeout reached; closing remaining connections");
+        _ = drain.closed() => {}
+        _ = tokio::time::sleep(gw.settings.drain_timeout) => {
+            tracing::warn!(
+                drain_timeout_s = gw.settings.drain_timeout.as_secs_f64(),
+                "drain timeout reached; closing remaining connections"
+            );
         }
     }
     Ok(())
 }
 
-/// Serves /health and /status on `listener` until `shutdown` completes.
+/// Keeps a connection counted (permit and open-connections gauge) while its socket
+/// lives, wherever it goes: a WebSocket tunnel keeps it after hyper lets go.
+struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+struct Connection {
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    peer: std::net::SocketAddr,
+    info: Listener,
+}
+
+impl Connection {
+    fn deadline(&self) -> tokio::time::Instant {
+        let t = self.gw.settings.limits.header_timeout;
+        // Zero disables the timeout; a year stands in for "never".
+        let t = if t.is_zero() {
+            Duration::from_secs(365 * 86400)
+        } else {
+            t
+        };
+        tokio::time::Instant::now() + t
+    }
+
+    /// The connection task for cleartext; `signal` changes when the drain starts.
+    async fn plain(self, stream: TcpStream, guard: ConnGuard, signal: Signal) {
+        let deadline = self.deadline();
+        self.serve(stream, guard, deadline, signal).await;
+    }
+
+    /// The connection task for TLS: the handshake shares the first request's deadline.
+    async fn tls(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        guard: ConnGuard,
+        mut signal: Signal,
+    ) {
+        let deadline = self.deadline();
+        let tls = tokio::select! {
+            r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+            // Shutting down: an unfinished handshake is no request in flight.
+            _ = signal.changed() => return,
+        };
+        match tls {
+            Ok(Ok(s)) => self.serve(s, guard, deadline, signal).await,
+            Ok(Err(e)) => {
+                self.gw
+                    .metrics
+                    .connection_error(ConnectionError::TlsHandshake);
+                tracing::debug!(error = %e, peer = %self.peer, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.gw
+                    .metrics
+                    .connection_error(ConnectionError::HeaderTimeout);
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+            }
+        }
+    }
+
+    async fn serve<S>(
+        self,
+        stream: S,
+        guard: ConnGuard,
+        deadline: tokio::time::Instant,
+        mut signal: Signal,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let seen = Arc::new(AtomicBool::new(false));
+        let io = ConnIo {
+            inner: stream,
+            _guard: guard,
+            pending: None,
+            watch_errors: true,
+            gw: Arc::clone(&self.gw),
+        };
+        let (gw, peer, info) = (Arc::clone(&self.gw), self.peer, self.info);
+        let first = Arc::clone(&seen);
+        let svc = service_fn(move |req: Request<Incoming>| {
+            first.store(true, Ordering::Relaxed);
+            let gw = Arc::clone(&gw);
+            async move { Ok::<_, std::convert::Infallible>(proxy::handle(gw, req, peer, info).await) }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let mut first_deadline = true;
+        let mut draining = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = tokio::time::sleep_until(deadline), if first_deadline => {
+                    first_deadline = false;
+                    // Before any request: still in hyper's protocol detection, or an
+                    // HTTP/2 connection that never sent one. Slowloris either way.
+                    if !seen.load(Ordering::Relaxed) {
+                        self.gw.metrics.connection_error(ConnectionError::HeaderTimeout);
+                        tracing::debug!(%peer, "no request head within the header timeout; closing");
+                        return;
+                    }
+                }
+                _ = signal.changed(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = result {
+            let timeout = e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout);
+            if timeout {
+                self.gw
+                    .metrics
+                    .connection_error(ConnectionError::HeaderTimeout);
+            }
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    }
+}
+
+/// Held by every connection task; changes (or closes) when the drain starts.
+type Signal = tokio::sync::watch::Receiver<()>;
+
+// ---------------------------------------------------------------------------------
+// The connection's byte stream
+// ---------------------------------------------------------------------------------
+
+/// A client connection's bytes, as hyper sees them (above TLS). It holds the
+/// connection's slot, and rewrites hyper's own bare error answers to request heads
+/// it cannot parse or hold (431 / 414 / 400, no body) into Kong's answers, with the
+/// message and request id in the body.
+struct ConnIo<S> {
+    inner: S,
+    /// Released with the socket.
+    _guard: ConnGuard,
+    /// Kong's answer, replacing hyper's, being written.
+    pending: Option<Bytes>,
+    /// Off once the connection is upgraded (the bytes are no longer HTTP/1.1).
+    watch_errors: bool,
+    gw: Arc<Gateway>,
+}
+
+/// hyper's automatic answer to an unusable request head: a status line, then only
+/// `content-length: 0` / `date` headers, and nothing after. Our own responses always
+/// carry `x-kong-request-id`, so they never look like this.
+fn hyper_error_head(buf: &[u8]) -> Option<GatewayError> {
+    const HEADS: [(&[u8], GatewayError); 3] = [
+        (
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            GatewayError::HeaderTooLarge,
+        ),
+        (b"HTTP/1.1 414 URI Too Long\r\n", GatewayError::UriTooLong),
+        (b"HTTP/1.1 400 Bad Request\r\n", GatewayError::BadRequest),
+    ];
+    let (rest, err) = HEADS
+        .iter()
+        .find_map(|(line, e)| buf.strip_prefix(*line).map(|r| (r, e.clone())))?;
+    let headers = rest.strip_suffix(b"\r\n")?;
+    if headers.is_empty() {
+        return Some(err);
+    }
+    let headers = headers.strip_suffix(b"\r\n")?;
+    for line in headers.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let lower = line.to_ascii_lowercase();
+        let known = lower == b"content-length: 0"
+            || lower == b"connection: close"
+            || lower.starts_with(b"date: ");
+        if !known {
+            return None;
+        }
+    }
+    Some(err)
+}
+
+/// Kong's answer for `err` on a connection about to close: plain text (no request
+/// header could be read to negotiate another type).
+fn kong_error_bytes(err: &GatewayError) -> Bytes {
+    let (status, msg, _) = err.parts();
+    let id = proxy::request_id();
+    let (ctype, text) = crate::error::render_text(crate::error::Format::Plain, msg, &id);
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\nserver: {}\r\nx-kong-request-id: {id}\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        text.len(),
+        proxy::SERVER,
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(text.as_bytes());
+    Bytes::from(out)
+}
+
+impl<S: AsyncWrite + Unpin> ConnIo<S> {
+    /// Writes out a replacement answer, if one is waiting.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(p) = self.pending.as_mut() {
+            if p.is_empty() {
+                self.pending = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, p))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            p.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Looks at the start of a write; true when it was hyper's error answer and has
+    /// been replaced (the caller reports it written).
+    fn intercept(&mut self, buf: &[u8]) -> bool {
+        if !self.watch_errors {
+            return false;
+        }
+        if buf.starts_with(b"HTTP/1.1 101 ") {
+            self.watch_errors = false;
+            return false;
+        }
+        if !buf.starts_with(b"HTTP/1.1 4") {
+            return false;
+        }
+        let Some(err) = hyper_error_head(buf) else {
+            return false;
+        };
+        self.gw.metrics.connection_error(match err {
+            GatewayError::BadRequest => ConnectionError::BadRequest,
+            _ => ConnectionError::HeaderTooLarge,
+        });
+        self.pending = Some(kong_error_bytes(&err));
+        true
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        ready!(this.poll_pending(cx))?;
+        if this.intercept(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        ready!(this.poll_pending(cx))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && this.intercept(first)
+        {
+            return Poll::Ready(Ok(first.len()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Status listener
+// ---------------------------------------------------------------------------------
+
+/// Serves /health, /status and /metrics on `listener` until `shutdown` completes.
+/// Keep it running through the proxy's drain: /health answers 503 meanwhile.
 pub async fn run_status(
     gw: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -105,7 +557,17 @@ fn status_response(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
         r
     };
     match req.uri().path() {
+        "/health" if gw.is_draining() => text_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "draining\n".into(),
+        ),
         "/health" => text_resp(StatusCode::OK, "text/plain; charset=utf-8", "OK\n".into()),
+        "/metrics" => text_resp(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            gw.metrics.render(gw.snapshot.load().generation),
+        ),
         "/status" => {
             let snap = gw.snapshot.load();
             let st = match gw.status.lock() {
@@ -128,6 +590,7 @@ fn status_response(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
                 },
                 "routes": snap.config.routes.len(),
                 "services": snap.config.services.len(),
+                "draining": gw.is_draining(),
             });
             text_resp(
                 StatusCode::OK,
@@ -138,7 +601,62 @@ fn status_response(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
         _ => text_resp(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found (try /health or /status)\n".into(),
+            "not found (try /health, /status or /metrics)\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_only_hyper_bare_error_heads() {
+        let h = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 10:00:00 GMT\r\n\r\n";
+        assert_eq!(hyper_error_head(h), Some(GatewayError::HeaderTooLarge));
+        let h = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hyper_error_head(h), Some(GatewayError::BadRequest));
+        let h = b"HTTP/1.1 414 URI Too Long\r\n\r\n";
+        assert_eq!(hyper_error_head(h), Some(GatewayError::UriTooLong));
+        // Ours (and relayed upstream answers) carry a request id or a body.
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-kong-request-id: 1\r\n\r\n";
+        assert_eq!(hyper_error_head(ours), None);
+        let body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\nhi";
+        assert_eq!(hyper_error_head(body), None);
+        assert_eq!(
+            hyper_error_head(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            None
+        );
+        let b = kong_error_bytes(&GatewayError::HeaderTooLarge);
+        let text = String::from_utf8_lossy(&b);
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("\r\n\r\nRequest header or cookie too large\nrequest_id: "));
+    }
+
+    #[test]
+    fn head_limits() {
+        let limits = Limits {
+            max_header_bytes: 100,
+            max_uri_bytes: 20,
+            ..Limits::default()
+        };
+        let parts = |target: &str, header: usize| {
+            let (p, _) = Request::builder()
+                .uri(target)
+                .header("x", "a".repeat(header))
+                .body(())
+                .unwrap()
+                .into_parts();
+            p
+        };
+        assert_eq!(limits.check_head(&parts("/short", 10)), None);
+        assert_eq!(
+            limits.check_head(&parts("/aaaaaaaaaaaaaaaaaaaaaaa", 1)),
+            Some(GatewayError::UriTooLong)
+        );
+        assert_eq!(
+            limits.check_head(&parts("/short", 100)),
+            Some(GatewayError::HeaderTooLarge)
+        );
     }
 }

@@ -105,10 +105,13 @@ impl UpstreamTarget {
             path: s.path.clone(),
             retries: s.retries,
             read_timeout: Duration::from_millis(s.read_timeout_ms),
-            client: clients.get(
+            // Certificates are verified unless the service says `tls_verify: false`
+            // (an http service shares the verifying client's pool).
+            client: clients.get_with_verify(
                 Duration::from_millis(s.connect_timeout_ms),
                 Duration::from_millis(s.read_timeout_ms),
                 Duration::from_millis(s.write_timeout_ms),
+                !tls || s.tls_verify != Some(false),
             ),
         }
     }

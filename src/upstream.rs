@@ -1,6 +1,6 @@
-//! Talking to upstream services: pooled keep-alive HTTP/1.1 clients with Kong's
-//! timeouts, retries on connect failure, and classification of failures into the
-//! gateway's errors (502 / 503 / 504).
+//! Talking to upstream services: pooled keep-alive HTTP/1.1 clients (http, and https
+//! through rustls, see `tls`) with Kong's timeouts, retries on connect failure, and
+//! classification of failures into the gateway's errors (502 / 503 / 504).
 //!
 //! Timeouts are per socket operation (nginx's proxy_connect/read/send_timeout), never
 //! a deadline on the whole exchange, so long streams live as long as bytes flow.
@@ -12,6 +12,7 @@ use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_timeout::TimeoutConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -25,32 +26,66 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
 
-type Connector = TimeoutConnector<HttpConnector<Resolver>>;
+// TLS over the timeout stream: the timeouts apply to the socket under TLS.
+type Connector = HttpsConnector<TimeoutConnector<HttpConnector<Resolver>>>;
 pub type UpstreamClient = Client<Connector, Body>;
 
-/// (connect, read, write) timeouts.
-type Timeouts = (Duration, Duration, Duration);
+/// (connect, read, write) timeouts, and whether https certificates are verified.
+type ClientKey = (Duration, Duration, Duration, bool);
 
-/// Clients keyed by their timeouts, shared by every service with the same settings and
-/// kept across reloads, so connection pools survive a config change.
+/// The most a response head from an upstream may take (Supabase gives Kong 160 KiB
+/// proxy buffers for large upstream headers; this leaves room beyond that).
+pub const MAX_UPSTREAM_HEAD: usize = 1 << 20;
+
+/// Clients keyed by their timeouts and TLS verification, shared by every service with
+/// the same settings and kept across reloads, so connection pools survive a config
+/// change. Each client speaks both http and https (pools are per scheme and authority).
 #[derive(Default, Clone)]
 pub struct ClientCache {
-    inner: Arc<Mutex<HashMap<Timeouts, UpstreamClient>>>,
+    inner: Arc<Mutex<HashMap<ClientKey, UpstreamClient>>>,
+    /// CA certificates trusted beside the system's (tests; private CAs).
+    extra_roots: Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 impl ClientCache {
+    /// A cache whose verifying clients also trust `roots` (PEM or DER CA certificates).
+    pub fn with_extra_roots(roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> ClientCache {
+        ClientCache {
+            inner: Arc::default(),
+            extra_roots: Arc::new(roots),
+        }
+    }
+
+    /// A client that verifies https certificates.
     pub fn get(&self, connect: Duration, read: Duration, write: Duration) -> UpstreamClient {
+        self.get_with_verify(connect, read, write, true)
+    }
+
+    /// `verify: false` is a service's `tls_verify: false`: any certificate is accepted.
+    pub fn get_with_verify(
+        &self,
+        connect: Duration,
+        read: Duration,
+        write: Duration,
+        verify: bool,
+    ) -> UpstreamClient {
         let mut map = match self.inner.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.entry((connect, read, write))
-            .or_insert_with(|| build_client(connect, read, write))
+        map.entry((connect, read, write, verify))
+            .or_insert_with(|| build_client(connect, read, write, verify, &self.extra_roots))
             .clone()
     }
 }
 
-fn build_client(connect: Duration, read: Duration, write: Duration) -> UpstreamClient {
+fn build_client(
+    connect: Duration,
+    read: Duration,
+    write: Duration,
+    verify: bool,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> UpstreamClient {
     let mut http = HttpConnector::new_with_resolver(Resolver(GaiResolver::new()));
     http.set_nodelay(true);
     http.enforce_http(false);
@@ -61,10 +96,16 @@ fn build_client(connect: Duration, read: Duration, write: Duration) -> UpstreamC
     // A long upload to a silent upstream is not a read timeout (nginx starts the
     // read timer once the request is sent).
     conn.set_reset_reader_on_write(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::client_config(verify, extra_roots))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(conn);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .set_host(false)
-        .build(conn)
+        .http1_max_buf_size(MAX_UPSTREAM_HEAD)
+        .build(https)
 }
 
 /// DNS failures are tagged so they can be told apart from refused connections

@@ -32,12 +32,16 @@ const MIB: u64 = 1024 * 1024;
 // Harness: the binary as a child process
 // ---------------------------------------------------------------------------------
 
-/// `portcullis` in `cwd`, with an environment holding nothing but PATH and NO_COLOR.
+/// `portcullis` in `cwd`, with an environment holding nothing but PATH, NO_COLOR and
+/// PORTCULLIS_TLS_LISTEN=off.
 fn portcullis(cwd: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.env_clear()
         .current_dir(cwd)
         .env("NO_COLOR", "1")
+        // The HTTPS listener defaults to 0.0.0.0:8443, which parallel tests can't share
+        // (tests/ops.rs covers it).
+        .env("PORTCULLIS_TLS_LISTEN", "off")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

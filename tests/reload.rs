@@ -81,6 +81,8 @@ async fn start(config: Option<&Path>, cwd: &Path) -> Proc {
         "127.0.0.1:0",
         "--status-listen",
         "127.0.0.1:0",
+        "--tls-listen",
+        "off",
         "--access-log",
         "off",
     ])

@@ -31,6 +31,7 @@ pub(crate) use pdk::settable_method;
 pub use template::Template;
 
 use crate::body::Body;
+use crate::config::raw::Pos;
 use crate::plugins::RequestCtx;
 use crate::router::Captures;
 use mlua::chunk::ChunkMode;
@@ -146,6 +147,24 @@ fn syntax_check(name: &str, code: &str) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| describe(&e))
     })
+}
+
+/// Where a Lua error in a config string points in the file: the Lua line counted from
+/// the scalar's position, which for a block scalar (`|`) is its first content line, so
+/// the result is exact there (and the scalar's own position for one-line values).
+pub fn error_pos(pos: Pos, chunk: &str, message: &str) -> Pos {
+    let line = message
+        .strip_prefix(chunk)
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    match line {
+        Some(l) if l > 1 => Pos {
+            line: pos.line + l - 1,
+            col: pos.col,
+        },
+        _ => pos,
+    }
 }
 
 /// A Lua error as one readable line: the Lua position and message, without mlua's

@@ -72,7 +72,10 @@ pub fn decode(
             match lua::snippet(&label, &code) {
                 Ok(chunk) if phase == "access" => out.access.push(chunk),
                 Ok(_) => {}
-                Err(e) => ctx.err(spos, format!("{what}.{label}: error parsing {name}: {e}")),
+                Err(e) => ctx.err(
+                    lua::error_pos(spos, &label, &e),
+                    format!("{what}.{label}: error parsing {name}: {e}"),
+                ),
             }
         }
         if phase != "access" {

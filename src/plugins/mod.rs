@@ -13,6 +13,8 @@ pub mod cors;
 pub mod functions;
 pub mod ip_restriction;
 pub mod key_auth;
+pub mod mcp_origin;
+pub mod oauth2_resource;
 pub mod request_termination;
 pub mod request_transformer;
 
@@ -37,6 +39,8 @@ pub enum Plugin {
     RequestTransformer(request_transformer::RequestTransformer),
     PreFunction(functions::Functions),
     PostFunction(functions::Functions),
+    McpOrigin(mcp_origin::McpOrigin),
+    OAuth2Resource(oauth2_resource::OAuth2Resource),
 }
 
 /// What a plugin's access phase decides.
@@ -48,6 +52,11 @@ pub enum Flow {
         status: http::StatusCode,
         message: Option<String>,
     },
+    /// The plugin needs something fetched before it can decide (oauth2-resource: the
+    /// authorization server's keys). The proxy awaits the future on the request's own
+    /// task, then runs the same plugin's access phase once more; a second `Wait` is an
+    /// internal error. A plugin returns it before changing anything in the request.
+    Wait(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>),
 }
 
 /// The request headers `header_filter` hooks read (CORS): the proxy keeps these for
@@ -154,6 +163,10 @@ pub fn decode(
         "post-function" => {
             functions::decode("post-function", config, name_pos, ctx).map(Plugin::PostFunction)
         }
+        "mcp-origin" => mcp_origin::decode(config, ctx).map(Plugin::McpOrigin),
+        "oauth2-resource" => {
+            oauth2_resource::decode(config, name_pos, ctx).map(Plugin::OAuth2Resource)
+        }
         other if KNOWN_UNSUPPORTED.contains(&other) => {
             ctx.err(
                 name_pos,
@@ -187,6 +200,8 @@ impl Plugin {
             Plugin::RequestTransformer(_) => "request-transformer",
             Plugin::PreFunction(_) => "pre-function",
             Plugin::PostFunction(_) => "post-function",
+            Plugin::McpOrigin(_) => "mcp-origin",
+            Plugin::OAuth2Resource(_) => "oauth2-resource",
         }
     }
 
@@ -202,6 +217,12 @@ impl Plugin {
             Plugin::RequestTermination(_) => 2,
             Plugin::PreFunction(_) => 1_000_000,
             Plugin::PostFunction(_) => -1000,
+            // Above cors (2000): a disallowed Origin is refused before anything else,
+            // its preflight included; below pre-function, as in Kong's ordering.
+            Plugin::McpOrigin(_) => 2100,
+            // After cors (preflights are answered first), before key-auth (1250) and
+            // ip-restriction (990), like Kong's other authentication plugins.
+            Plugin::OAuth2Resource(_) => 1300,
         }
     }
 
@@ -214,7 +235,9 @@ impl Plugin {
             | Plugin::BasicAuth(_)
             | Plugin::Acl(_)
             | Plugin::PreFunction(_)
-            | Plugin::PostFunction(_) => false,
+            | Plugin::PostFunction(_)
+            | Plugin::McpOrigin(_)
+            | Plugin::OAuth2Resource(_) => false,
             Plugin::IpRestriction(_)
             | Plugin::RequestTermination(_)
             | Plugin::RequestTransformer(_) => true,
@@ -231,7 +254,9 @@ impl Plugin {
             | Plugin::BasicAuth(_)
             | Plugin::IpRestriction(_)
             | Plugin::Acl(_)
-            | Plugin::RequestTermination(_) => false,
+            | Plugin::RequestTermination(_)
+            | Plugin::McpOrigin(_)
+            | Plugin::OAuth2Resource(_) => false,
         }
     }
 
@@ -245,6 +270,8 @@ impl Plugin {
             Plugin::RequestTermination(p) => p.access(req),
             Plugin::RequestTransformer(p) => p.access(req),
             Plugin::PreFunction(p) | Plugin::PostFunction(p) => p.access(req),
+            Plugin::McpOrigin(p) => p.access(req),
+            Plugin::OAuth2Resource(p) => p.access(req),
         }
     }
 
@@ -259,7 +286,9 @@ impl Plugin {
             | Plugin::RequestTermination(_)
             | Plugin::RequestTransformer(_)
             | Plugin::PreFunction(_)
-            | Plugin::PostFunction(_) => false,
+            | Plugin::PostFunction(_)
+            | Plugin::McpOrigin(_)
+            | Plugin::OAuth2Resource(_) => false,
         }
     }
 
@@ -275,7 +304,9 @@ impl Plugin {
             | Plugin::RequestTermination(_)
             | Plugin::RequestTransformer(_)
             | Plugin::PreFunction(_)
-            | Plugin::PostFunction(_) => {}
+            | Plugin::PostFunction(_)
+            | Plugin::McpOrigin(_)
+            | Plugin::OAuth2Resource(_) => {}
         }
     }
 
@@ -309,6 +340,8 @@ impl Plugin {
             Plugin::RequestTermination(_) => "passes (trigger not present)".into(),
             Plugin::RequestTransformer(t) => t.explain(),
             Plugin::PreFunction(f) | Plugin::PostFunction(f) => f.explain(),
+            Plugin::McpOrigin(_) => "allows the Origin (or none was sent)".into(),
+            Plugin::OAuth2Resource(p) => p.explain(),
         }
     }
 }

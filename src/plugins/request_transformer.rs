@@ -564,9 +564,9 @@ impl Decoder<'_, '_> {
             }
             Err(err) => {
                 self.ctx.err(
-                    e.pos,
+                    lua::error_pos(e.pos, &e.label, &err),
                     format!(
-                        "{}: value '{value}' is not in supported format, error: {err}",
+                        "{WHAT}.{}: value '{value}' is not in supported format, error: {err}",
                         e.label
                     ),
                 );
@@ -578,7 +578,7 @@ impl Decoder<'_, '_> {
     fn bad_header(&mut self, e: &Entry, name: &str) {
         self.ctx.err(
             e.pos,
-            format!("{}: '{name}' is not a valid header", e.label),
+            format!("{WHAT}.{}: '{name}' is not a valid header", e.label),
         );
     }
 
@@ -590,14 +590,16 @@ impl Decoder<'_, '_> {
                 Some((name.to_string(), t))
             }
             Some((name, _)) => {
-                self.ctx
-                    .err(e.pos, format!("{}: key '{name}' has no value", e.label));
+                self.ctx.err(
+                    e.pos,
+                    format!("{WHAT}.{}: key '{name}' has no value", e.label),
+                );
                 None
             }
             None => {
                 self.ctx.err(
                     e.pos,
-                    format!("{}: '{}' has no key before ':'", e.label, e.text),
+                    format!("{WHAT}.{}: '{}' has no key before ':'", e.label, e.text),
                 );
                 None
             }
@@ -609,7 +611,10 @@ impl Decoder<'_, '_> {
         let Some((name, value)) = split_entry(&e.text).filter(|_| e.text.contains(':')) else {
             self.ctx.err(
                 e.pos,
-                format!("{}: '{}' must be of the form 'name:value'", e.label, e.text),
+                format!(
+                    "{WHAT}.{}: '{}' must be of the form 'name:value'",
+                    e.label, e.text
+                ),
             );
             return None;
         };
@@ -628,8 +633,10 @@ impl Decoder<'_, '_> {
         match split_entry(&e.text) {
             Some((name, _)) => Some(name.to_string()),
             None => {
-                self.ctx
-                    .err(e.pos, format!("{}: '{}' has no name", e.label, e.text));
+                self.ctx.err(
+                    e.pos,
+                    format!("{WHAT}.{}: '{}' has no name", e.label, e.text),
+                );
                 None
             }
         }
@@ -686,8 +693,10 @@ fn raw_record(
     out
 }
 
+const WHAT: &str = "plugin 'request-transformer'.config";
+
 pub fn decode(config: Option<&Node>, ctx: &mut Ctx<'_>) -> Option<RequestTransformer> {
-    let what = "plugin 'request-transformer'.config";
+    let what = WHAT;
     let mut out = RequestTransformer::default();
     let Some(config) = config.filter(|c| !matches!(c.value, Yaml::Null)) else {
         return Some(out);
@@ -748,7 +757,10 @@ pub fn decode(config: Option<&Node>, ctx: &mut Ctx<'_>) -> Option<RequestTransfo
         let Some((old, new)) = split_entry(&e.text).filter(|_| e.text.contains(':')) else {
             d.ctx.err(
                 e.pos,
-                format!("{}: '{}' must be of the form 'old:new'", e.label, e.text),
+                format!(
+                    "{WHAT}.{}: '{}' must be of the form 'old:new'",
+                    e.label, e.text
+                ),
             );
             continue;
         };

@@ -461,25 +461,25 @@ impl ExprRouter {
                         }
                     }
                 }
-                Source::SegmentsLen | Source::Segment(_) | Source::SegmentRange(..) => {
-                    let Some(p) = path else { continue };
-                    let segs = segments.get_or_insert_with(|| path_segments(p));
-                    match f.source {
-                        Source::SegmentsLen => {
-                            let n = i64::try_from(segs.len()).unwrap_or(i64::MAX);
-                            ctx.add_value(name, Value::Int(n));
-                        }
-                        Source::Segment(i) => {
-                            if let Some(s) = segs.get(i) {
-                                text(&mut ctx, s);
-                            }
-                        }
-                        Source::SegmentRange(a, b) => {
-                            if b < segs.len() {
-                                text(&mut ctx, &segs[a..=b].join("/"));
-                            }
-                        }
-                        _ => {}
+                Source::SegmentsLen => {
+                    if let Some(p) = path {
+                        let n = segments.get_or_insert_with(|| path_segments(p)).len();
+                        ctx.add_value(name, Value::Int(i64::try_from(n).unwrap_or(i64::MAX)));
+                    }
+                }
+                Source::Segment(i) => {
+                    if let Some(seg) =
+                        path.and_then(|p| segments.get_or_insert_with(|| path_segments(p)).get(*i))
+                    {
+                        text(&mut ctx, seg);
+                    }
+                }
+                Source::SegmentRange(a, b) => {
+                    if let Some(segs) =
+                        path.map(|p| segments.get_or_insert_with(|| path_segments(p)))
+                        && *b < segs.len()
+                    {
+                        text(&mut ctx, &segs[*a..=*b].join("/"));
                     }
                 }
             }

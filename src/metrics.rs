@@ -1,0 +1,416 @@
+//! Prometheus metrics, served on the status listener's `/metrics` (OpenMetrics text,
+//! which Prometheus scrapes natively), encoded by `prometheus-client`.
+//!
+//! One `Metrics` per gateway (no global recorder), so in-process tests each see their
+//! own counts. Per-request cost: one read-locked map lookup by the route and service
+//! names (no allocation once a route has been seen), atomic increments, and two
+//! histogram observations when the response body ends.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `portcullis_http_requests_total` | counter | `route`, `service`, `status_class` (`2xx`…) |
+//! | `portcullis_request_duration_seconds` | histogram | `route`, `service` |
+//! | `portcullis_upstream_duration_seconds` | histogram | `route`, `service` |
+//! | `portcullis_upstream_errors_total` | counter | `service`, `kind` |
+//! | `portcullis_open_connections` | gauge | `listener` (`http`, `https`) |
+//! | `portcullis_connections_total` | counter | `listener` |
+//! | `portcullis_connection_errors_total` | counter | `reason` |
+//! | `portcullis_config_reloads_total` | counter | `outcome` (`reloaded`, `unchanged`, `failed`) |
+//! | `portcullis_config_generation` | gauge | |
+//! | `portcullis_draining` | gauge | |
+
+use crate::error::GatewayError;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// Latency buckets in seconds: 1 ms to 60 s (Kong's service timeouts default to 60 s).
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    service: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    service: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Why a connection was closed without a normal answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionError {
+    /// The request head (or the TLS handshake) did not arrive within the header timeout.
+    HeaderTimeout,
+    /// The request head exceeded the buffer: answered 400 and closed.
+    HeaderTooLarge,
+    /// Unparsable request head: answered 400 and closed.
+    BadRequest,
+    /// The TLS handshake failed.
+    TlsHandshake,
+}
+
+impl ConnectionError {
+    fn label(self) -> &'static str {
+        match self {
+            ConnectionError::HeaderTimeout => "header_timeout",
+            ConnectionError::HeaderTooLarge => "header_too_large",
+            ConnectionError::BadRequest => "bad_request",
+            ConnectionError::TlsHandshake => "tls_handshake",
+        }
+    }
+}
+
+/// The outcome of one reload, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Reloaded,
+    Unchanged,
+    Failed,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily<RouteLabels>,
+    upstream_latency: HistogramFamily<RouteLabels>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    open_connections: Family<ListenerLabels, Gauge>,
+    connections: Family<ListenerLabels, Counter>,
+    connection_errors: Family<ReasonLabels, Counter>,
+    reloads: Family<OutcomeLabels, Counter>,
+    generation: Gauge,
+    draining: Gauge,
+    /// route name → service name → handles, so the hot path allocates nothing.
+    routes: RwLock<HashMap<String, HashMap<String, Arc<RouteHandles>>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: HistogramFamily<RouteLabels> = Family::new_with_constructor(histogram);
+        let upstream_latency: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(histogram);
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let open_connections = Family::<ListenerLabels, Gauge>::default();
+        let connections = Family::<ListenerLabels, Counter>::default();
+        let connection_errors = Family::<ReasonLabels, Counter>::default();
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        let generation = Gauge::default();
+        let draining = Gauge::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by route, service and status class (route and service are empty when no route matched)",
+            requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from the request head to the end of the response body",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time from sending the request upstream to the upstream's response head",
+            Unit::Seconds,
+            upstream_latency.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream exchanges that failed, by service and kind (invalid_response, timeout, name_resolution)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open on the proxy listeners",
+            open_connections.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted on the proxy listeners",
+            connections.clone(),
+        );
+        registry.register(
+            "connection_errors",
+            "Client connections closed without a normal answer, by reason",
+            connection_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by outcome",
+            reloads.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the config serving requests",
+            generation.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while shutting down (no new connections; in-flight requests finishing)",
+            draining.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_latency,
+            upstream_errors,
+            open_connections,
+            connections,
+            connection_errors,
+            reloads,
+            generation,
+            draining,
+            routes: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The handles of one (route, service) pair; empty strings when no route matched.
+    pub fn route(&self, route: &str, service: &str) -> Arc<RouteHandles> {
+        {
+            let map = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(h) = map.get(route).and_then(|s| s.get(service)) {
+                return Arc::clone(h);
+            }
+        }
+        let mut map = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let by_service = map.entry(route.to_string()).or_default();
+        let h = by_service.entry(service.to_string()).or_insert_with(|| {
+            let labels = RouteLabels {
+                route: route.to_string(),
+                service: service.to_string(),
+            };
+            Arc::new(RouteHandles {
+                requests: self.requests.clone(),
+                latency: self.latency.clone(),
+                upstream_latency: self.upstream_latency.clone(),
+                labels,
+                by_class: Default::default(),
+                total: OnceLock::new(),
+                upstream: OnceLock::new(),
+            })
+        });
+        Arc::clone(h)
+    }
+
+    pub fn upstream_error(&self, service: &str, kind: &GatewayError) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                service: service.to_string(),
+                kind: kind.label(),
+            })
+            .inc();
+    }
+
+    /// Counts an accepted connection; the returned guard keeps it in the open gauge.
+    pub fn connection_opened(&self, tls: bool) -> OpenConnection {
+        let labels = ListenerLabels {
+            listener: if tls { "https" } else { "http" },
+        };
+        self.connections.get_or_create(&labels).inc();
+        let gauge = self.open_connections.get_or_create_owned(&labels);
+        gauge.inc();
+        OpenConnection { gauge }
+    }
+
+    pub fn connection_error(&self, e: ConnectionError) {
+        self.connection_errors
+            .get_or_create(&ReasonLabels { reason: e.label() })
+            .inc();
+    }
+
+    pub fn reload(&self, outcome: ReloadOutcome) {
+        let outcome = match outcome {
+            ReloadOutcome::Reloaded => "reloaded",
+            ReloadOutcome::Unchanged => "unchanged",
+            ReloadOutcome::Failed => "failed",
+        };
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        self.draining.set(i64::from(on));
+    }
+
+    /// The exposition text; `generation` is the config generation in force.
+    pub fn render(&self, generation: u64) -> String {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        let mut out = String::with_capacity(4096);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+}
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Keeps one connection in `portcullis_open_connections` until dropped.
+#[derive(Debug)]
+pub struct OpenConnection {
+    gauge: Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The series of one (route, service) pair, created on first use.
+pub struct RouteHandles {
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily<RouteLabels>,
+    upstream_latency: HistogramFamily<RouteLabels>,
+    labels: RouteLabels,
+    by_class: [OnceLock<Counter>; 5],
+    total: OnceLock<Histogram>,
+    upstream: OnceLock<Histogram>,
+}
+
+impl RouteHandles {
+    fn counter(&self, status: u16) -> &Counter {
+        let i = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.by_class[i].get_or_init(|| {
+            self.requests.get_or_create_owned(&RequestLabels {
+                route: self.labels.route.clone(),
+                service: self.labels.service.clone(),
+                status_class: CLASSES[i],
+            })
+        })
+    }
+
+    /// Counts one finished request.
+    pub fn observe(&self, status: u16, total: Duration, upstream: Option<Duration>) {
+        self.counter(status).inc();
+        self.total
+            .get_or_init(|| self.latency.get_or_create_owned(&self.labels))
+            .observe(total.as_secs_f64());
+        if let Some(u) = upstream {
+            self.upstream
+                .get_or_init(|| self.upstream_latency.get_or_create_owned(&self.labels))
+                .observe(u.as_secs_f64());
+        }
+    }
+}
+
+/// What is counted when a response body ends (or is dropped).
+pub struct Finish {
+    pub handles: Arc<RouteHandles>,
+    pub status: u16,
+    pub start: Instant,
+    pub upstream: Option<Duration>,
+}
+
+impl Finish {
+    pub fn done(self) {
+        self.handles
+            .observe(self.status, self.start.elapsed(), self.upstream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_by_route_and_class() {
+        let m = Metrics::new();
+        let h = m.route("r", "s");
+        h.observe(
+            200,
+            Duration::from_millis(3),
+            Some(Duration::from_millis(2)),
+        );
+        h.observe(204, Duration::from_millis(3), None);
+        m.route("", "").observe(404, Duration::from_millis(1), None);
+        m.upstream_error("s", &GatewayError::UpstreamTimeout);
+        let conn = m.connection_opened(true);
+        m.reload(ReloadOutcome::Failed);
+        let text = m.render(7);
+        assert!(
+            text.contains(
+                "portcullis_http_requests_total{route=\"r\",service=\"s\",status_class=\"2xx\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "portcullis_http_requests_total{route=\"\",service=\"\",status_class=\"4xx\"} 1"
+        ));
+        assert!(
+            text.contains("portcullis_request_duration_seconds_count{route=\"r\",service=\"s\"} 2")
+        );
+        assert!(
+            text.contains(
+                "portcullis_upstream_duration_seconds_count{route=\"r\",service=\"s\"} 1"
+            )
+        );
+        assert!(
+            text.contains("portcullis_upstream_errors_total{service=\"s\",kind=\"timeout\"} 1")
+        );
+        assert!(text.contains("portcullis_open_connections{listener=\"https\"} 1"));
+        assert!(text.contains("portcullis_config_reloads_total{outcome=\"failed\"} 1"));
+        assert!(text.contains("portcullis_config_generation 7"));
+        drop(conn);
+        assert!(
+            m.render(7)
+                .contains("portcullis_open_connections{listener=\"https\"} 0")
+        );
+    }
+}
