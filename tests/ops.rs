@@ -300,6 +300,11 @@ where
     collect(resp).await
 }
 
+/// `f`, or a panic after `WAIT`.
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f).await.expect("timed out")
+}
+
 fn empty() -> http_body_util::Full<Bytes> {
     http_body_util::Full::new(Bytes::new())
 }
@@ -416,7 +421,7 @@ async fn certificate_files_reload_with_the_config() {
         .header("host", "localhost")
         .body(empty())
         .unwrap();
-    let r = collect(old_conn.send_request(req).await.unwrap()).await;
+    let r = collect(bounded(old_conn.send_request(req)).await.unwrap()).await;
     assert_eq!(r.status, 200);
 
     // A bad certificate fails the reload like a bad config: the current one stays.
@@ -578,7 +583,7 @@ async fn h2c_prior_knowledge_with_streamed_bodies() {
                 .boxed(),
         )
         .unwrap();
-    let r = collect(sender.send_request(req).await.unwrap()).await;
+    let r = collect(bounded(sender.send_request(req)).await.unwrap()).await;
     let j = r.json();
     assert_eq!(j["version"], "HTTP/1.1");
     assert!(echoed(&j, "via").unwrap().starts_with("2 portcullis/"));
@@ -651,7 +656,7 @@ async fn metrics_count_known_traffic() {
         .await
         .unwrap();
     let mut buf = [0u8; 1024];
-    let n = held.read(&mut buf).await.unwrap();
+    let n = bounded(held.read(&mut buf)).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let gw = Arc::clone(&g.gw);
     let path = g.config.clone();
@@ -1271,7 +1276,7 @@ async fn binary_self_signed_tls_serves_h2_and_logs_combined() {
         .header("user-agent", "h2-test")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
-    let r = collect(sender.send_request(req).await.unwrap()).await;
+    let r = collect(bounded(sender.send_request(req)).await.unwrap()).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         echoed(&r.json(), "x-forwarded-proto").as_deref(),

@@ -304,7 +304,7 @@ impl RequestTransformer {
         let Some(kind) = body_kind(s.ctx.headers) else {
             return Ok(());
         };
-        let Some(body) = s.ctx.body.as_deref().map(|b| b.clone()) else {
+        let Some(body) = s.ctx.body.as_deref().cloned() else {
             return Ok(());
         };
         let new = match kind {
