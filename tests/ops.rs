@@ -1111,6 +1111,8 @@ struct Bin {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
+    /// The pipe readers: done once the process has exited and its output is read.
+    readers: Vec<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -1121,16 +1123,18 @@ impl Drop for Bin {
     }
 }
 
-fn pipe_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+fn pipe_lines(
+    pipe: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
+    let t = std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
             sink.lock().unwrap().push(line);
         }
     });
-    lines
+    (lines, t)
 }
 
 /// `portcullis run` with a clean environment (PATH, NO_COLOR, and `env`).
@@ -1163,12 +1167,13 @@ fn run_bin(config: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Bin {
     }
     cmd.args(args);
     let mut child = cmd.spawn().unwrap();
-    let stdout = pipe_lines(child.stdout.take().unwrap());
-    let stderr = pipe_lines(child.stderr.take().unwrap());
+    let (stdout, t1) = pipe_lines(child.stdout.take().unwrap());
+    let (stderr, t2) = pipe_lines(child.stderr.take().unwrap());
     Bin {
         child,
         stderr,
         stdout,
+        readers: vec![t1, t2],
         _dir: dir,
     }
 }
@@ -1214,6 +1219,11 @@ impl Bin {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                // Let the readers reach the end of the pipes, so the output is whole.
+                while self.readers.iter().any(|t| !t.is_finished()) {
+                    assert!(Instant::now() < deadline, "output pipes still open");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 return s.code();
             }
             assert!(
