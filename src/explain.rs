@@ -235,15 +235,15 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
             let _ = writeln!(out, "upstream:        none (route has no service → 503)");
         }
         Some(up) => {
-            let escaped_match = m
-                .matched_len
-                .map(|n| path::escaped_len(&normalized[..n.min(normalized.len())]));
-            let strip = if route.strip_path {
-                escaped_match
-            } else {
-                None
-            };
-            let mut target = path::upstream_path_v0(up.path.as_deref(), &escaped, strip);
+            let (joined, _) = path::strip_and_join(
+                up.path.as_deref(),
+                &normalized,
+                &escaped,
+                m.matched_len,
+                route.strip_path,
+            );
+            // A plugin's set_path (request-transformer replace.uri) replaces the join.
+            let mut target = overrides.path.take().unwrap_or(joined);
             if let Some(q) = req.uri.query() {
                 target.push('?');
                 target.push_str(q);

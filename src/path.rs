@@ -644,6 +644,25 @@ pub fn migrate_legacy_path(p: &str) -> String {
     out
 }
 
+/// The strip_path join for one matched request: the upstream path, and the length of
+/// the stripped prefix in the escaped path (for `X-Forwarded-Prefix`). The router
+/// measures its match on normalized bytes; the join works on the escaped path, where
+/// the same prefix may be longer.
+pub fn strip_and_join(
+    service_path: Option<&str>,
+    normalized: &[u8],
+    escaped: &str,
+    matched_len: Option<usize>,
+    strip_path: bool,
+) -> (String, Option<usize>) {
+    let escaped_match = matched_len.map(|n| escaped_len(&normalized[..n.min(normalized.len())]));
+    let strip = if strip_path { escaped_match } else { None };
+    (
+        upstream_path_v0(service_path, escaped, strip),
+        escaped_match,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

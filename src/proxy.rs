@@ -535,21 +535,15 @@ impl Exchange<'_> {
 
         // Build the upstream request.
         let escaped = path::escape(&normalized);
-        // The router measured the match on normalized bytes; the join works on the
-        // escaped path, where the same prefix may be longer.
-        let escaped_match = m
-            .matched_len
-            .map(|n| path::escaped_len(&normalized[..n.min(normalized.len())]));
-        let strip = if route.strip_path {
-            escaped_match
-        } else {
-            None
-        };
+        let (joined, escaped_match) = path::strip_and_join(
+            upstream.path.as_deref(),
+            &normalized,
+            &escaped,
+            m.matched_len,
+            route.strip_path,
+        );
         // A plugin's set_path (request-transformer replace.uri) replaces the join.
-        let mut target = overrides
-            .path
-            .take()
-            .unwrap_or_else(|| path::upstream_path_v0(upstream.path.as_deref(), &escaped, strip));
+        let mut target = overrides.path.take().unwrap_or(joined);
         if let Some(q) = parts.uri.query() {
             target.push('?');
             target.push_str(q);
