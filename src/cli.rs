@@ -169,15 +169,9 @@ pub fn run(o: RunOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("portcullis: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let clients = ClientCache::default();
@@ -385,15 +379,9 @@ pub fn explain(
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("portcullis: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let req = crate::explain::Request {
         method,
@@ -457,4 +445,12 @@ pub fn health(status_listen: &str, timeout_ms: u64) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Builds a tokio runtime, or says why not (exit 1).
+fn runtime(mut b: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    b.enable_all().build().map_err(|e| {
+        eprintln!("portcullis: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
 }

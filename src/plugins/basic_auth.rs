@@ -33,13 +33,8 @@ pub fn decode(config: Option<&Node>, ctx: &mut Ctx<'_>) -> Option<BasicAuth> {
         false,
     );
     out.anonymous = ctx.opt_string(f.get("anonymous"), &format!("{what}.anonymous"));
-    if let Some(n) = f.get("realm")
-        && let Some(realm) = ctx.opt_string(Some(n), &format!("{what}.realm"))
-    {
-        match HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
-            Ok(v) => out.www_authenticate = v,
-            Err(_) => ctx.err(n.pos, format!("{what}.realm: invalid characters")),
-        }
+    if let Some(v) = super::decode_realm(ctx, f.get("realm"), what, "Basic") {
+        out.www_authenticate = v;
     }
     f.finish(ctx, what);
     (ctx.errors.len() == before).then_some(out)

@@ -81,13 +81,8 @@ pub fn decode(config: Option<&Node>, ctx: &mut Ctx<'_>) -> Option<KeyAuth> {
     out.key_in_body = b(ctx, &mut f, "key_in_body", false);
     out.run_on_preflight = b(ctx, &mut f, "run_on_preflight", true);
     out.anonymous = ctx.opt_string(f.get("anonymous"), &format!("{what}.anonymous"));
-    if let Some(n) = f.get("realm")
-        && let Some(realm) = ctx.opt_string(Some(n), &format!("{what}.realm"))
-    {
-        match HeaderValue::from_str(&format!("Key realm=\"{realm}\"")) {
-            Ok(v) => out.www_authenticate = v,
-            Err(_) => ctx.err(n.pos, format!("{what}.realm: invalid characters")),
-        }
+    if let Some(v) = super::decode_realm(ctx, f.get("realm"), what, "Key") {
+        out.www_authenticate = v;
     }
     f.finish(ctx, what);
     (ctx.errors.len() == before).then_some(out)

@@ -406,6 +406,25 @@ pub(crate) fn set_consumer(
     req.auth.credential = credential;
 }
 
+/// An auth plugin's `realm`, rendered once as its `WWW-Authenticate` value
+/// (`<scheme> realm="<realm>"`).
+pub(crate) fn decode_realm(
+    ctx: &mut Ctx<'_>,
+    node: Option<&Node>,
+    what: &str,
+    scheme: &str,
+) -> Option<HeaderValue> {
+    let n = node?;
+    let realm = ctx.opt_string(Some(n), &format!("{what}.realm"))?;
+    match HeaderValue::from_str(&format!("{scheme} realm=\"{realm}\"")) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            ctx.err(n.pos, format!("{what}.realm: invalid characters"));
+            None
+        }
+    }
+}
+
 /// A failed authentication: the anonymous consumer when configured, else the 401.
 pub(crate) fn auth_failure(
     req: &mut RequestCtx<'_>,
