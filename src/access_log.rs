@@ -44,8 +44,8 @@ pub struct Record {
     pub status: u16,
     pub referer: Option<String>,
     pub user_agent: Option<String>,
-    pub route: Option<String>,
-    pub service: Option<String>,
+    pub route: Option<std::sync::Arc<str>>,
+    pub service: Option<std::sync::Arc<str>>,
     pub request_id: String,
     pub start: Instant,
     pub upstream_ms: Option<u128>,
@@ -87,8 +87,8 @@ impl Record {
     pub fn json(&self, bytes: u64) -> String {
         let v = serde_json::json!({
             "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "route": self.route,
-            "service": self.service,
+            "route": self.route.as_deref(),
+            "service": self.service.as_deref(),
             "method": self.method,
             "path": self.target,
             "status": self.status,

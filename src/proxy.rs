@@ -278,8 +278,9 @@ fn header_str(h: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 #[derive(Default)]
 struct Info {
-    route: Option<String>,
-    service: Option<String>,
+    // Shared with the compiled route: no per-request copy of the names.
+    route: Option<Arc<str>>,
+    service: Option<Arc<str>>,
     upstream_ms: Option<u128>,
     /// The same, precise, for the latency histogram.
     upstream_time: Option<Duration>,
@@ -381,8 +382,8 @@ impl Exchange<'_> {
             );
         };
         let route: &Route = &self.snap.config.routes[compiled.index];
-        info.route = Some(route.display_name().to_string());
-        info.service = compiled.upstream.as_ref().map(|u| u.name.clone());
+        info.route = Some(Arc::clone(&compiled.name));
+        info.service = compiled.upstream.as_ref().map(|u| Arc::clone(&u.name));
 
         // Protocol check: an https-only route hit over plain http.
         let forwarded_https = self.gw.settings.trusted_ips.contains(self.peer.ip())
@@ -679,7 +680,7 @@ impl Exchange<'_> {
             Err((kind, err)) => {
                 tracing::warn!(
                     route = route.display_name(),
-                    service = upstream.name.as_str(),
+                    service = &*upstream.name,
                     error = %err,
                     "upstream request failed"
                 );

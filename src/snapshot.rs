@@ -27,6 +27,8 @@ pub struct Snapshot {
 pub struct CompiledRoute {
     /// Index into `config.routes`.
     pub index: usize,
+    /// The route's name (or id), for logs and metrics.
+    pub name: Arc<str>,
     pub chain: Vec<ChainLink>,
     pub upstream: Option<Arc<UpstreamTarget>>,
 }
@@ -62,7 +64,7 @@ pub fn select(chain: &[ChainLink], consumer: Option<usize>) -> impl Iterator<Ite
 
 /// A service, ready to receive requests.
 pub struct UpstreamTarget {
-    pub name: String,
+    pub name: Arc<str>,
     /// "http" or "https" for the request URI (ws/wss map to http/https).
     pub scheme: http::uri::Scheme,
     /// `host:port` for the request URI (the connection pool key).
@@ -93,7 +95,7 @@ impl UpstreamTarget {
             .parse()
             .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid:1"));
         UpstreamTarget {
-            name: s.display_name().to_string(),
+            name: Arc::from(s.display_name()),
             scheme: if tls {
                 http::uri::Scheme::HTTPS
             } else {

@@ -145,6 +145,7 @@ pub fn compile(
         .iter()
         .map(|&i| CompiledRoute {
             index: i,
+            name: Arc::from(cfg.routes[i].display_name()),
             chain: chain_for(&cfg, Some(i)),
             upstream: cfg.routes[i].service.map(|s| Arc::clone(&upstreams[s])),
         })
