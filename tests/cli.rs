@@ -62,7 +62,7 @@ impl Lines {
         let t = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                sink.0.lock().unwrap().push(strip_ansi(&line));
+                sink.0.lock().unwrap().push(line);
             }
         });
         (lines, t)
@@ -76,24 +76,6 @@ impl Lines {
     fn text(&self) -> String {
         self.all().join("\n")
     }
-}
-
-/// Colours are off (NO_COLOR), but a log line must parse even if they come back.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Polls `child` until it exits or `limit` passes (then kills it and panics).

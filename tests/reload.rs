@@ -43,24 +43,6 @@ impl Drop for Proc {
     }
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ params final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn addr_after(lines: &[String], marker: &str) -> Option<SocketAddr> {
     lines.iter().find_map(|l| {
         let rest = &l[l.find(marker)? + marker.len()..];
@@ -103,7 +85,7 @@ async fn start(config: Option<&Path>, cwd: &Path) -> Proc {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            sink.lock().unwrap().push(strip_ansi(&line));
+            sink.lock().unwrap().push(line);
         }
     });
     let deadline = Instant::now() + WAIT;

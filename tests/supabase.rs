@@ -108,23 +108,6 @@ impl Drop for Gw {
     }
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Starts the gateway like the container does: `/entrypoint.sh kong docker-start`, in a
 /// mount namespace whose /etc/hosts maps the fixture's host names to our stubs.
 fn start_gateway(template: PathBuf, hosts: &str, opaque_keys: bool) -> Gw {
@@ -175,7 +158,7 @@ fn start_gateway(template: PathBuf, hosts: &str, opaque_keys: bool) -> Gw {
     let sink = Arc::clone(&lines);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(strip_ansi(&line));
+            sink.lock().unwrap().push(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);

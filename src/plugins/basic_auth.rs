@@ -2,7 +2,7 @@
 //! `Authorization: Basic …`. Passwords are kept as Kong's salted SHA-1 and compared in
 //! constant time.
 
-use super::{AuthOutcome, Flow, RequestCtx, auth_failure, set_consumer};
+use super::{AuthOutcome, Flow, RequestCtx, run_auth, set_consumer};
 use crate::config::raw::{Node, Value};
 use crate::config::walk::Ctx;
 use base64::Engine;
@@ -65,19 +65,12 @@ fn parse(value: &[u8]) -> Option<(String, String)> {
 
 impl BasicAuth {
     pub fn access(&self, req: &mut RequestCtx<'_>) -> Flow {
-        if self.anonymous.is_some() && req.auth.credential.is_some() {
-            return Flow::Continue;
-        }
-        match self.authenticate(req) {
-            AuthOutcome::Ok => Flow::Continue,
-            AuthOutcome::Fail(status, msg) => auth_failure(
-                req,
-                self.anonymous.as_deref(),
-                status,
-                msg,
-                &self.www_authenticate,
-            ),
-        }
+        run_auth(
+            req,
+            self.anonymous.as_deref(),
+            &self.www_authenticate,
+            |req| self.authenticate(req),
+        )
     }
 
     fn authenticate(&self, req: &mut RequestCtx<'_>) -> AuthOutcome {

@@ -1,7 +1,7 @@
 //! key-auth (PRIORITY 1250): identifies the consumer by an API key in a header, the
 //! query string or the body. Keys are looked up by digest (see `consumers.rs`).
 
-use super::{AuthOutcome, Flow, RequestCtx, auth_failure, set_consumer};
+use super::{AuthOutcome, Flow, RequestCtx, run_auth, set_consumer};
 use crate::config::raw::{Node, Value};
 use crate::config::walk::Ctx;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -124,20 +124,12 @@ impl KeyAuth {
         if !self.run_on_preflight && req.method == http::Method::OPTIONS {
             return Flow::Continue;
         }
-        if self.anonymous.is_some() && req.auth.credential.is_some() {
-            // Logical OR with an earlier auth plugin that already succeeded.
-            return Flow::Continue;
-        }
-        match self.authenticate(req) {
-            AuthOutcome::Ok => Flow::Continue,
-            AuthOutcome::Fail(status, msg) => auth_failure(
-                req,
-                self.anonymous.as_deref(),
-                status,
-                msg,
-                &self.www_authenticate,
-            ),
-        }
+        run_auth(
+            req,
+            self.anonymous.as_deref(),
+            &self.www_authenticate,
+            |req| self.authenticate(req),
+        )
     }
 
     fn find(&self, req: &RequestCtx<'_>, k: &KeyName) -> Found {

@@ -425,6 +425,27 @@ pub(crate) fn decode_realm(
     }
 }
 
+/// Kong's AND/OR of auth plugins, shared by every one of them: with `anonymous` set and
+/// a credential already established by an earlier auth plugin, this one is skipped
+/// (OR); otherwise it authenticates, and a failure falls back to the anonymous
+/// consumer or answers 401 (AND).
+pub(crate) fn run_auth(
+    req: &mut RequestCtx<'_>,
+    anonymous: Option<&str>,
+    www_authenticate: &HeaderValue,
+    authenticate: impl FnOnce(&mut RequestCtx<'_>) -> AuthOutcome,
+) -> Flow {
+    if anonymous.is_some() && req.auth.credential.is_some() {
+        return Flow::Continue;
+    }
+    match authenticate(req) {
+        AuthOutcome::Ok => Flow::Continue,
+        AuthOutcome::Fail(status, msg) => {
+            auth_failure(req, anonymous, status, msg, www_authenticate)
+        }
+    }
+}
+
 /// A failed authentication: the anonymous consumer when configured, else the 401.
 pub(crate) fn auth_failure(
     req: &mut RequestCtx<'_>,
