@@ -83,6 +83,22 @@ pub struct RunOptions {
     pub tls_key: Option<String>,
     pub drain_timeout: Duration,
     pub limits: server::Limits,
+    /// Worker threads serving the proxy listeners (each its own runtime).
+    pub workers: usize,
+}
+
+/// `--workers`: a positive count; unset: the cores this process may run on (its CPU
+/// affinity and cgroup quota), as nginx's `worker_processes auto`.
+pub fn parse_workers(v: Option<&str>) -> Result<usize, String> {
+    match v.map(str::trim) {
+        None | Some("auto") => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "'{s}' is not a number of workers between 1 and 1024 (or 'auto')"
+            )),
+        },
+    }
 }
 
 /// A flag value in seconds (`30`, `0.5`).
@@ -169,10 +185,13 @@ pub fn run(o: RunOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match runtime(tokio::runtime::Builder::new_multi_thread()) {
+    // The control runtime (reload, status listener, signals) runs on this thread; the
+    // proxy listeners run on `workers` threads of their own (see `server::Workers`).
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let workers = o.workers.max(1);
     rt.block_on(async move {
         let clients = ClientCache::default();
         let path = config_path(o.config.clone());
@@ -223,13 +242,13 @@ pub fn run(o: RunOptions) -> ExitCode {
         let gw = Arc::new(gateway);
 
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let stop = rx.clone();
         let shutdown = move || {
-            let mut rx = rx.clone();
+            let mut rx = stop.clone();
             async move {
                 let _ = rx.wait_for(|v| *v).await;
             }
         };
-        let mut tasks = Vec::new();
         // Before the listeners: once they log "listening", a SIGHUP or an edit of the
         // file is already caught (SIGHUP's default action would kill the process).
         let reloader = crate::reload::spawn(
@@ -237,30 +256,40 @@ pub fn run(o: RunOptions) -> ExitCode {
             path.as_ref().map(std::path::PathBuf::from),
             shutdown(),
         );
+        let mut sockets = Vec::new();
         if o.listen != "off" {
             for addr in o.listen.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-                let l = match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => l,
+                match server::bind_shared(addr, workers) {
+                    Ok(ls) => {
+                        tracing::info!(addr = %local_addr(&ls), workers, "proxy listening");
+                        sockets.push((ls, false));
+                    }
                     Err(e) => {
                         eprintln!("portcullis: cannot listen on {addr}: {e}");
                         return ExitCode::from(1);
                     }
-                };
-                tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "proxy listening");
-                tasks.push(tokio::spawn(server::run(Arc::clone(&gw), l, shutdown())));
+                }
             }
         }
         if tls_listen != "off" {
-            let l = match tokio::net::TcpListener::bind(&tls_listen).await {
-                Ok(l) => l,
+            match server::bind_shared(&tls_listen, workers) {
+                Ok(ls) => {
+                    tracing::info!(addr = %local_addr(&ls), workers, "tls listening");
+                    sockets.push((ls, true));
+                }
                 Err(e) => {
                     eprintln!("portcullis: cannot listen on {tls_listen} (TLS): {e}");
                     return ExitCode::from(1);
                 }
-            };
-            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "tls listening");
-            tasks.push(tokio::spawn(server::run_tls(Arc::clone(&gw), l, shutdown())));
+            }
         }
+        let pool = match server::Workers::start(Arc::clone(&gw), workers, sockets, &rx) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("portcullis: cannot start the worker threads: {e}");
+                return ExitCode::from(1);
+            }
+        };
         // The status listener outlives the drain, answering /health 503 meanwhile.
         let (status_tx, status_rx) = tokio::sync::watch::channel(false);
         let mut status_task = None;
@@ -287,11 +316,7 @@ pub fn run(o: RunOptions) -> ExitCode {
         gw.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         gw.metrics.set_draining(true);
         let _ = tx.send(true);
-        let drained = async {
-            for t in tasks {
-                let _ = t.await;
-            }
-        };
+        let drained = pool.finished();
         // A second SIGTERM/SIGINT skips the rest of the drain.
         tokio::select! {
             _ = drained => tracing::info!("drained; exiting"),
@@ -304,6 +329,14 @@ pub fn run(o: RunOptions) -> ExitCode {
         let _ = reloader.await;
         ExitCode::SUCCESS
     })
+}
+
+/// The address a group of shared listeners is bound to (they share it).
+fn local_addr(ls: &[std::net::TcpListener]) -> String {
+    ls.first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 async fn wait_for_signal() {

@@ -27,6 +27,7 @@ pub mod consumers;
 pub mod cors;
 pub mod error;
 pub mod explain;
+pub mod idle_timeout;
 pub mod ipset;
 pub mod jwks;
 pub mod lua;

@@ -135,19 +135,58 @@ pub struct Listener {
 
 /// A cheap unique request id (32 hex digits): a per-process random prefix and a counter.
 pub(crate) fn request_id() -> String {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| {
-        let u = uuid::Uuid::new_v4().as_u128();
-        (u >> 64) as u64 ^ u as u64
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // splitmix64 scrambles the counter so ids don't look sequential.
-    let mut z = n.wrapping_add(seed).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    format!("{seed:016x}{z:016x}")
+    RequestId::next().as_str().to_string()
+}
+
+/// A request id on the stack: no formatting or allocation until it is used.
+#[derive(Clone, Copy)]
+pub(crate) struct RequestId([u8; 32]);
+
+impl RequestId {
+    pub(crate) fn next() -> RequestId {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = *SEED.get_or_init(|| {
+            let u = uuid::Uuid::new_v4().as_u128();
+            (u >> 64) as u64 ^ u as u64
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // splitmix64 scrambles the counter so ids don't look sequential.
+        let mut z = n.wrapping_add(seed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let mut out = [0u8; 32];
+        let mut put = |at: usize, v: u64| {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for i in 0..16 {
+                out[at + i] = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+            }
+        };
+        put(0, seed);
+        put(16, z);
+        RequestId(out)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("0")
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).unwrap_or(HeaderValue::from_static("0"))
+    }
+}
+
+/// Latencies in whole milliseconds as header values: small ones (nearly all of them)
+/// come from a table built once, so a request formats no numbers.
+fn millis_value(ms: u128) -> HeaderValue {
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let table = SMALL.get_or_init(|| (0u16..256).map(HeaderValue::from).collect());
+    match usize::try_from(ms).ok().and_then(|i| table.get(i)) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX)),
+    }
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -183,7 +222,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let start = Instant::now();
     let snap = gw.snapshot.load_full();
-    let request_id = request_id();
+    let rid = RequestId::next();
+    let request_id = rid.as_str();
     let client_ip = real_client_ip(
         peer.ip(),
         &gw.settings.trusted_ips,
@@ -213,7 +253,7 @@ pub async fn handle(
             user_agent: header_str(req.headers(), &header::USER_AGENT),
             route: None,
             service: None,
-            request_id: request_id.clone(),
+            request_id: request_id.to_string(),
             start,
             upstream_ms: None,
         })
@@ -225,39 +265,42 @@ pub async fn handle(
         peer,
         client_ip,
         listener,
-        request_id: &request_id,
+        request_id,
         start,
     };
-    let (mut resp, info) = ex.run(req).await;
+    let (mut resp, mut info) = ex.run(req).await;
 
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        h.insert(X_REQUEST_ID.clone(), v);
-    }
+    h.insert(X_REQUEST_ID.clone(), rid.header_value());
     match info.upstream_ms {
         Some(up) => {
             if !h.contains_key(header::SERVER) {
                 h.insert(header::SERVER, HeaderValue::from_static(SERVER));
             }
-            h.insert(X_UPSTREAM_LATENCY.clone(), HeaderValue::from(up as u64));
-            let proxy_ms = info.proxy_ms.unwrap_or(0);
-            h.insert(X_PROXY_LATENCY.clone(), HeaderValue::from(proxy_ms as u64));
+            h.insert(X_UPSTREAM_LATENCY.clone(), millis_value(up));
+            h.insert(
+                X_PROXY_LATENCY.clone(),
+                millis_value(info.proxy_ms.unwrap_or(0)),
+            );
         }
         None => {
             h.insert(header::SERVER, HeaderValue::from_static(SERVER));
             h.insert(
                 X_RESPONSE_LATENCY.clone(),
-                HeaderValue::from(start.elapsed().as_millis() as u64),
+                millis_value(start.elapsed().as_millis()),
             );
         }
     }
 
     // Counted when the body ends, with the access log line (Kong's log phase).
     let finish = crate::metrics::Finish {
-        handles: gw.metrics.route(
-            info.route.as_deref().unwrap_or(""),
-            info.service.as_deref().unwrap_or(""),
-        ),
+        handles: match info.metrics.take() {
+            Some(h) => h,
+            None => Arc::clone(
+                snap.no_route_metrics
+                    .get_or_init(|| gw.metrics.route("", "")),
+            ),
+        },
         status: resp.status().as_u16(),
         start,
         upstream: info.upstream_time,
@@ -285,6 +328,8 @@ struct Info {
     /// The same, precise, for the latency histogram.
     upstream_time: Option<Duration>,
     proxy_ms: Option<u128>,
+    /// The matched route's metric series.
+    metrics: Option<Arc<crate::metrics::RouteHandles>>,
 }
 
 struct Exchange<'a> {
@@ -384,6 +429,12 @@ impl Exchange<'_> {
         let route: &Route = &self.snap.config.routes[compiled.index];
         info.route = Some(Arc::clone(&compiled.name));
         info.service = compiled.upstream.as_ref().map(|u| Arc::clone(&u.name));
+        info.metrics = Some(Arc::clone(compiled.metrics.get_or_init(|| {
+            self.gw.metrics.route(
+                &compiled.name,
+                compiled.upstream.as_ref().map_or("", |u| &u.name),
+            )
+        })));
 
         // Protocol check: an https-only route hit over plain http.
         let forwarded_https = self.gw.settings.trusted_ips.contains(self.peer.ip())
@@ -549,12 +600,8 @@ impl Exchange<'_> {
             target.push('?');
             target.push_str(q);
         }
-        let uri = match http::Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(target)
-            .build()
-        {
+        // Origin-form: the connection is chosen by the service's scheme and authority.
+        let uri = match http::Uri::builder().path_and_query(target).build() {
             Ok(u) => u,
             Err(_) => {
                 return (
@@ -630,7 +677,15 @@ impl Exchange<'_> {
 
         let sent_at = Instant::now();
         info.proxy_ms = Some(sent_at.duration_since(self.start).as_millis());
-        let result = upstream::send(&upstream.client, up_req, upstream.retries).await;
+        let result = upstream::send(
+            &upstream.client,
+            upstream.pool,
+            upstream.scheme == http::uri::Scheme::HTTPS,
+            &upstream.authority,
+            up_req,
+            upstream.retries,
+        )
+        .await;
         let upstream_time = sent_at.elapsed();
         info.upstream_ms = Some(upstream_time.as_millis());
         info.upstream_time = Some(upstream_time);
@@ -768,17 +823,21 @@ impl Exchange<'_> {
 
         let trusted = self.gw.settings.trusted_ips.contains(self.peer.ip());
         // X-Forwarded-For: the client's list plus the TCP peer, else the real IP.
+        let client_ip = ip_value(self.client_ip);
         let xff = match joined(h, &X_FORWARDED_FOR) {
-            Some(list) => format!("{list}, {}", self.peer.ip()),
-            None => self.client_ip.to_string(),
+            Some(list) => HeaderValue::from_str(&format!("{list}, {}", self.peer.ip())).ok(),
+            None => Some(client_ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Some(v) = xff {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
-        h.insert(X_REAL_IP.clone(), self.client_ip_value());
+        h.insert(X_REAL_IP.clone(), client_ip);
+        // A trusted proxy's own X-Forwarded-* values are kept.
         let set = |h: &mut HeaderMap, name: &HeaderName, value: HeaderValue| {
-            if !(trusted && h.contains_key(name)) {
+            if !trusted {
                 h.insert(name.clone(), value);
+            } else if let http::header::Entry::Vacant(e) = h.entry(name.clone()) {
+                e.insert(value);
             }
         };
         set(
@@ -787,12 +846,17 @@ impl Exchange<'_> {
             HeaderValue::from_static(if self.listener.tls { "https" } else { "http" }),
         );
         if let Some(host) = host_raw {
-            let bare = strip_port(host).to_ascii_lowercase();
-            if let Ok(v) = HeaderValue::from_str(&bare) {
+            let bare = strip_port(host);
+            let v = if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+                HeaderValue::from_str(&bare.to_ascii_lowercase())
+            } else {
+                HeaderValue::from_str(bare)
+            };
+            if let Ok(v) = v {
                 set(h, &X_FORWARDED_HOST, v);
             }
         }
-        set(h, &X_FORWARDED_PORT, HeaderValue::from(self.listener.port));
+        set(h, &X_FORWARDED_PORT, port_value(self.listener.port));
         if let Ok(v) = HeaderValue::from_str(raw_path) {
             set(h, &X_FORWARDED_PATH, v);
         }
@@ -828,11 +892,46 @@ impl Exchange<'_> {
         };
         h.insert(header::VIA, via);
     }
+}
 
-    fn client_ip_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.client_ip.to_string())
-            .unwrap_or(HeaderValue::from_static("0.0.0.0"))
-    }
+thread_local! {
+    /// The last client address and listener port formatted on this thread: one
+    /// client's keep-alive requests (and a worker's one port) format them once.
+    static LAST_IP: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+    static LAST_PORT: std::cell::RefCell<Option<(u16, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `ip` as a header value (X-Real-IP, X-Forwarded-For).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    LAST_IP.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, v)) = last.as_ref()
+            && *cached == ip
+        {
+            return v.clone();
+        }
+        let v =
+            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("0.0.0.0"));
+        *last = Some((ip, v.clone()));
+        v
+    })
+}
+
+/// `port` as a header value (X-Forwarded-Port).
+fn port_value(port: u16) -> HeaderValue {
+    LAST_PORT.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, v)) = last.as_ref()
+            && *cached == port
+        {
+            return v.clone();
+        }
+        let v = HeaderValue::from(port);
+        *last = Some((port, v.clone()));
+        v
+    })
 }
 
 fn run_header_filters(
@@ -892,32 +991,72 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Removes hop-by-hop headers: the standard ones and those named in Connection.
+///
+/// One pass over the names first: most requests carry none of them, and a response
+/// usually only `Connection: keep-alive`, so nothing is hashed or collected for them.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        h.remove(n);
+    let (mut connection, mut te) = (false, false);
+    // Which of keep-alive, proxy-connection, transfer-encoding, upgrade are present.
+    let mut fixed = [false; 4];
+    for name in h.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::TE {
+            te = true;
+        } else if name == KEEP_ALIVE {
+            fixed[0] = true;
+        } else if name == PROXY_CONNECTION {
+            fixed[1] = true;
+        } else if name == header::TRANSFER_ENCODING {
+            fixed[2] = true;
+        } else if name == header::UPGRADE {
+            fixed[3] = true;
+        }
     }
-    h.remove(header::CONNECTION);
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(header::TRANSFER_ENCODING);
-    h.remove(header::UPGRADE);
-    let keep_trailers = h
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    h.remove(header::TE);
-    if keep_trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    if connection {
+        // Names the client lists; keep-alive and upgrade are among the fixed ones.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for token in h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("upgrade") {
+                // Removed below when present.
+            } else if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(n);
+            }
+        }
+        for n in listed {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    if fixed[0] {
+        h.remove(&KEEP_ALIVE);
+    }
+    if fixed[1] {
+        h.remove(&PROXY_CONNECTION);
+    }
+    if fixed[2] {
+        h.remove(header::TRANSFER_ENCODING);
+    }
+    if fixed[3] {
+        h.remove(header::UPGRADE);
+    }
+    if te && h.contains_key(header::TE) {
+        let keep_trailers = h
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        h.remove(header::TE);
+        if keep_trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 

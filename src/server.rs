@@ -216,6 +216,136 @@ async fn serve(
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------
+// Workers: one runtime per thread, each with its own listeners
+// ---------------------------------------------------------------------------------
+
+/// Binds `addr` once per worker with `SO_REUSEPORT`, so each worker accepts on its own
+/// socket and the kernel spreads connections among them (nginx's `reuseport`): no
+/// request ever crosses threads. Port 0 is chosen by the first socket and shared by
+/// the others.
+pub fn bind_shared(addr: &str, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    let mut target = first;
+    let mut out = Vec::with_capacity(workers);
+    for i in 0..workers.max(1) {
+        let l = bind_one(target, workers > 1)?;
+        if i == 0 {
+            target = l.local_addr()?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's own bind: a restarted gateway rebinds at once.
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// The proxy's worker threads. Each runs a single-threaded runtime with its share of
+/// the listeners (one socket of every address), and keeps its own upstream
+/// connections (see `upstream`): thread-per-core, as nginx's workers.
+pub struct Workers {
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Workers {
+    /// Starts `n` workers; `sockets` holds, per address, `n` sockets from
+    /// [`bind_shared`] and whether the address serves TLS. Each worker serves until
+    /// `stop` turns true, then drains its connections.
+    pub fn start(
+        gw: Arc<Gateway>,
+        n: usize,
+        sockets: Vec<(Vec<std::net::TcpListener>, bool)>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> io::Result<Workers> {
+        let n = n.max(1);
+        let mut per: Vec<Vec<(std::net::TcpListener, bool)>> = (0..n).map(|_| Vec::new()).collect();
+        for (group, tls) in sockets {
+            for (i, l) in group.into_iter().enumerate() {
+                per[i % n].push((l, tls));
+            }
+        }
+        let mut done = Vec::with_capacity(n);
+        for (i, listeners) in per.into_iter().enumerate() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let gw = Arc::clone(&gw);
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("portcullis-w{i}"))
+                .spawn(move || {
+                    worker_main(gw, listeners, stop);
+                    let _ = tx.send(());
+                })?;
+            done.push(rx);
+        }
+        Ok(Workers { done })
+    }
+
+    /// Completes when every worker has drained and stopped.
+    pub async fn finished(self) {
+        for d in self.done {
+            let _ = d.await;
+        }
+    }
+}
+
+fn worker_main(
+    gw: Arc<Gateway>,
+    listeners: Vec<(std::net::TcpListener, bool)>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut tasks = Vec::with_capacity(listeners.len());
+        for (l, tls) in listeners {
+            let l = match TcpListener::from_std(l) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register a listener");
+                    continue;
+                }
+            };
+            let mut stop = stop.clone();
+            let shutdown = async move {
+                let _ = stop.wait_for(|v| *v).await;
+            };
+            let gw = Arc::clone(&gw);
+            tasks.push(if tls {
+                tokio::spawn(run_tls(gw, l, shutdown))
+            } else {
+                tokio::spawn(run(gw, l, shutdown))
+            });
+        }
+        for t in tasks {
+            if let Ok(Err(e)) = t.await {
+                tracing::error!(error = %e, "listener stopped");
+            }
+        }
+    });
+}
+
 /// Keeps a connection counted (permit and open-connections gauge) while its socket
 /// lives, wherever it goes: a WebSocket tunnel keeps it after hyper lets go.
 struct ConnGuard {

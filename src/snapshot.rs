@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub global_chain: Vec<ChainLink>,
     pub config: Config,
     pub consumers: crate::consumers::Consumers,
+    /// The metric series of requests no route matched, looked up once.
+    pub no_route_metrics: std::sync::OnceLock<Arc<crate::metrics::RouteHandles>>,
 }
 
 pub struct CompiledRoute {
@@ -31,6 +33,8 @@ pub struct CompiledRoute {
     pub name: Arc<str>,
     pub chain: Vec<ChainLink>,
     pub upstream: Option<Arc<UpstreamTarget>>,
+    /// This route's metric series, looked up once (on its first request).
+    pub metrics: std::sync::OnceLock<Arc<crate::metrics::RouteHandles>>,
 }
 
 #[derive(Clone)]
@@ -75,6 +79,8 @@ pub struct UpstreamTarget {
     pub retries: u32,
     pub read_timeout: Duration,
     pub client: UpstreamClient,
+    /// `client`'s connection pool for this scheme and authority.
+    pub pool: u64,
 }
 
 impl UpstreamTarget {
@@ -94,7 +100,15 @@ impl UpstreamTarget {
         let authority = format!("{host_for_uri}:{}", s.port)
             .parse()
             .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.invalid:1"));
+        let client = clients.get_with_verify(
+            Duration::from_millis(s.connect_timeout_ms),
+            Duration::from_millis(s.read_timeout_ms),
+            Duration::from_millis(s.write_timeout_ms),
+            !tls || s.tls_verify != Some(false),
+        );
         UpstreamTarget {
+            pool: client.pool_id(tls, &authority),
+            client,
             name: Arc::from(s.display_name()),
             scheme: if tls {
                 http::uri::Scheme::HTTPS
@@ -107,14 +121,6 @@ impl UpstreamTarget {
             path: s.path.clone(),
             retries: s.retries,
             read_timeout: Duration::from_millis(s.read_timeout_ms),
-            // Certificates are verified unless the service says `tls_verify: false`
-            // (an http service shares the verifying client's pool).
-            client: clients.get_with_verify(
-                Duration::from_millis(s.connect_timeout_ms),
-                Duration::from_millis(s.read_timeout_ms),
-                Duration::from_millis(s.write_timeout_ms),
-                !tls || s.tls_verify != Some(false),
-            ),
         }
     }
 }

@@ -1,34 +1,49 @@
-//! Talking to upstream services: pooled keep-alive HTTP/1.1 clients (http, and https
+//! Talking to upstream services: keep-alive HTTP/1.1 connections (http, and https
 //! through rustls, see `tls`) with Kong's timeouts, retries on connect failure, and
 //! classification of failures into the gateway's errors (502 / 503 / 504).
 //!
 //! Timeouts are per socket operation (nginx's proxy_connect/read/send_timeout), never
 //! a deadline on the whole exchange, so long streams live as long as bytes flow.
+//!
+//! Connections are pooled **per thread** (nginx's per-worker `keepalive`): each worker
+//! runtime sends on connections whose tasks run on that same thread, so a request never
+//! wakes another thread. A connection is taken out of the pool while its request is
+//! sent and goes back as soon as the response head arrives; it is reused once hyper
+//! says it is ready again (the previous response fully read). Connections idle for
+//! [`POOL_IDLE_TIMEOUT`] are dropped when next looked at.
 
 use crate::body::{Body, BoxError};
 use crate::error::GatewayError;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
+use crate::idle_timeout::IdleTimeoutConnector;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
-use hyper_timeout::TimeoutConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
-use hyper_util::rt::TokioExecutor;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tower_service::Service;
 
 // TLS over the timeout stream: the timeouts apply to the socket under TLS.
-type Connector = HttpsConnector<TimeoutConnector<HttpConnector<Resolver>>>;
-pub type UpstreamClient = Client<Connector, Body>;
+type Connector = HttpsConnector<IdleTimeoutConnector<HttpConnector<Resolver>>>;
+
+/// How one group of services reaches its upstreams: the connector (timeouts, TLS
+/// verification) and the identity of its connection pools.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    /// Unique per cached client: pools are keyed by it, so services with other
+    /// timeouts never share a connection.
+    id: u64,
+    connector: Connector,
+}
 
 /// (connect, read, write) timeouts, and whether https certificates are verified.
 type ClientKey = (Duration, Duration, Duration, bool);
@@ -36,6 +51,13 @@ type ClientKey = (Duration, Duration, Duration, bool);
 /// The most a response head from an upstream may take (Supabase gives Kong 160 KiB
 /// proxy buffers for large upstream headers; this leaves room beyond that).
 pub const MAX_UPSTREAM_HEAD: usize = 1 << 20;
+
+/// An idle upstream connection older than this is closed instead of reused.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Idle connections kept per upstream and thread (nginx's `keepalive`); more are
+/// closed once their exchange is over.
+const POOL_MAX_PER_HOST: usize = 1024;
 
 /// Clients keyed by their timeouts and TLS verification, shared by every service with
 /// the same settings and kept across reloads, so connection pools survive a config
@@ -86,26 +108,131 @@ fn build_client(
     verify: bool,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
 ) -> UpstreamClient {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let mut http = HttpConnector::new_with_resolver(Resolver(GaiResolver::new()));
     http.set_nodelay(true);
     http.enforce_http(false);
-    let mut conn = TimeoutConnector::new(http);
-    conn.set_connect_timeout(Some(connect));
-    conn.set_read_timeout(Some(read));
-    conn.set_write_timeout(Some(write));
-    // A long upload to a silent upstream is not a read timeout (nginx starts the
-    // read timer once the request is sent).
-    conn.set_reset_reader_on_write(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    http.set_connect_timeout(Some(connect));
+    // Read and write timeouts on the socket, under TLS (a write restarts the read
+    // clock: nginx starts the read timer once the request is sent).
+    let conn = IdleTimeoutConnector::new(http, read, write);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(crate::tls::client_config(verify, extra_roots))
         .https_or_http()
         .enable_http1()
         .wrap_connector(conn);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .set_host(false)
-        .http1_max_buf_size(MAX_UPSTREAM_HEAD)
-        .build(https)
+    UpstreamClient {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        connector,
+    }
+}
+
+impl UpstreamClient {
+    /// The id of this client's pool for `authority` over http or https: the same
+    /// destination always gets the same id (kept across reloads), so a request finds
+    /// its pool by a number instead of hashing the authority.
+    pub fn pool_id(&self, https: bool, authority: &Authority) -> u64 {
+        type Ids = HashMap<(u64, bool, String), u64>;
+        static IDS: std::sync::OnceLock<Mutex<Ids>> = std::sync::OnceLock::new();
+        let mut ids = match IDS.get_or_init(Mutex::default).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let next = ids.len() as u64 + 1;
+        *ids.entry((self.id, https, authority.as_str().to_ascii_lowercase()))
+            .or_insert(next)
+    }
+}
+
+/// One pool: a client's connections to one scheme and authority.
+struct PoolKey<'a> {
+    /// From [`UpstreamClient::pool_id`].
+    id: u64,
+    https: bool,
+    authority: &'a Authority,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+thread_local! {
+    /// This thread's upstream connections (see the module doc).
+    static POOL: RefCell<rustc_hash::FxHashMap<u64, Vec<Idle>>> =
+        RefCell::new(rustc_hash::FxHashMap::default());
+}
+
+/// A connection of this thread's pool that can take a request now, if any.
+fn checkout(key: &PoolKey) -> Option<http1::SendRequest<Body>> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.get_mut(&key.id)?;
+        let mut i = list.len();
+        // Most recently returned first: the likeliest to be ready and warm.
+        while i > 0 {
+            i -= 1;
+            let idle = &list[i];
+            if idle.tx.is_closed() || idle.since.elapsed() > POOL_IDLE_TIMEOUT {
+                list.swap_remove(i);
+                continue;
+            }
+            if idle.tx.is_ready() {
+                return Some(list.swap_remove(i).tx);
+            }
+        }
+        None
+    })
+}
+
+/// Back into this thread's pool once its response head has arrived.
+fn checkin(key: &PoolKey, tx: http1::SendRequest<Body>) {
+    if tx.is_closed() {
+        return;
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.entry(key.id).or_default();
+        if list.len() >= POOL_MAX_PER_HOST {
+            list.retain(|i| !i.tx.is_closed());
+            if list.len() >= POOL_MAX_PER_HOST {
+                return;
+            }
+        }
+        list.push(Idle {
+            tx,
+            since: Instant::now(),
+        });
+    });
+}
+
+/// Opens a connection (DNS, TCP, TLS for https) and starts its task on this thread.
+async fn connect(
+    client: &UpstreamClient,
+    key: &PoolKey<'_>,
+) -> Result<http1::SendRequest<Body>, BoxError> {
+    let uri = Uri::builder()
+        .scheme(if key.https {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        })
+        .authority(key.authority.clone())
+        .path_and_query("/")
+        .build()?;
+    let mut connector = client.connector.clone();
+    std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+    let io = connector.call(uri).await?;
+    let (tx, conn) = http1::Builder::new()
+        .max_buf_size(MAX_UPSTREAM_HEAD)
+        .handshake::<_, Body>(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(tx)
 }
 
 /// DNS failures are tagged so they can be told apart from refused connections
@@ -163,100 +290,60 @@ pub fn classify(err: &(dyn std::error::Error + 'static)) -> GatewayError {
     GatewayError::UpstreamInvalid
 }
 
-/// Sends `req` with up to `retries` extra attempts when the connection could not be
-/// established (nothing was sent, so even a POST is safe to retry). The request body
-/// is held in a shared slot so a failed connect leaves it untouched for the next try.
+/// Retries on a fresh connection for requests a pooled connection never took (the
+/// upstream had closed it while idle): bounded so a broken upstream can't loop us.
+const STALE_RETRIES: u32 = 4;
+
+/// Sends `req` (origin-form URI) to `authority` over http or https, with up to
+/// `retries` extra attempts when the connection could not be established (nothing was
+/// sent, so even a POST is safe to retry). A pooled connection that turns out closed
+/// before it took the request hands the request back; it is sent on another.
 pub async fn send(
     client: &UpstreamClient,
-    req: Request<Body>,
+    pool_id: u64,
+    https: bool,
+    authority: &Authority,
+    mut req: Request<Body>,
     retries: u32,
 ) -> Result<Response<Incoming>, (GatewayError, BoxError)> {
-    let (parts, body) = req.into_parts();
-    let slot = Arc::new(Mutex::new(Some(body)));
+    let key = PoolKey {
+        id: pool_id,
+        https,
+        authority,
+    };
     let mut attempt = 0;
+    let mut stale = 0;
     loop {
-        let mut r = Request::from_parts(parts.clone(), SlotBody::new(&slot).boxed());
-        *r.extensions_mut() = http::Extensions::new();
-        match client.request(r).await {
-            Ok(resp) => return Ok(resp),
-            Err(e) => {
-                let untouched = slot.lock().map(|s| s.is_some()).unwrap_or(false);
-                if e.is_connect() && attempt < retries && untouched {
-                    attempt += 1;
-                    tracing::debug!(attempt, error = %e, "upstream connect failed, retrying");
-                    continue;
+        let mut tx = match checkout(&key) {
+            Some(tx) => tx,
+            None => match connect(client, &key).await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    if attempt < retries {
+                        attempt += 1;
+                        tracing::debug!(attempt, error = %e, "upstream connect failed, retrying");
+                        continue;
+                    }
+                    return Err((classify(&*e), e));
                 }
-                let kind = classify(&e);
-                return Err((kind, Box::new(e)));
-            }
-        }
-    }
-}
-
-/// A request body that takes the real body from a shared slot on first poll.
-struct SlotBody {
-    slot: Arc<Mutex<Option<Body>>>,
-    body: Option<Body>,
-    hint: SizeHint,
-    end: bool,
-}
-
-impl SlotBody {
-    fn new(slot: &Arc<Mutex<Option<Body>>>) -> SlotBody {
-        let (hint, end) = match slot.lock() {
-            Ok(s) => match s.as_ref() {
-                Some(b) => (
-                    http_body::Body::size_hint(b),
-                    http_body::Body::is_end_stream(b),
-                ),
-                None => (SizeHint::with_exact(0), true),
             },
-            Err(_) => (SizeHint::with_exact(0), true),
         };
-        SlotBody {
-            slot: Arc::clone(slot),
-            body: None,
-            hint,
-            end,
-        }
-    }
-}
-
-impl http_body::Body for SlotBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.body.is_none() {
-            let taken = match self.slot.lock() {
-                Ok(mut s) => s.take(),
-                Err(_) => None,
-            };
-            match taken {
-                Some(b) => self.body = Some(b),
-                None => return Poll::Ready(None),
+        match tx.try_send_request(req).await {
+            Ok(resp) => {
+                checkin(&key, tx);
+                return Ok(resp);
             }
-        }
-        match self.body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.body {
-            Some(b) => b.is_end_stream(),
-            None => self.end,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.body {
-            Some(b) => b.size_hint(),
-            None => self.hint,
+            Err(mut e) => match e.take_message() {
+                Some(back) if stale < STALE_RETRIES => {
+                    stale += 1;
+                    tracing::debug!(error = %e.error(), "pooled upstream connection was closed; retrying");
+                    req = back;
+                }
+                _ => {
+                    let err = e.into_error();
+                    return Err((classify(&err), Box::new(err)));
+                }
+            },
         }
     }
 }

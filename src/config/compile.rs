@@ -148,6 +148,7 @@ pub fn compile(
             name: Arc::from(cfg.routes[i].display_name()),
             chain: chain_for(&cfg, Some(i)),
             upstream: cfg.routes[i].service.map(|s| Arc::clone(&upstreams[s])),
+            metrics: std::sync::OnceLock::new(),
         })
         .collect();
     let global_chain = chain_for(&cfg, None)
@@ -164,5 +165,6 @@ pub fn compile(
         routes,
         global_chain,
         config: cfg,
+        no_route_metrics: std::sync::OnceLock::new(),
     })
 }
