@@ -219,7 +219,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     listener: Listener,
-) -> Response<Body> {
+) -> Response<LoggedBody> {
     let start = Instant::now();
     let snap = gw.snapshot.load_full();
     let rid = RequestId::next();
@@ -311,7 +311,7 @@ pub async fn handle(
         r.service = info.service;
         r.upstream_ms = info.upstream_ms;
     }
-    resp.map(|b| LoggedBody::new(b, record, finish).boxed())
+    resp.map(|b| LoggedBody::new(b, record, finish))
 }
 
 fn header_str(h: &HeaderMap, name: &HeaderName) -> Option<String> {

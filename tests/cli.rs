@@ -1099,6 +1099,16 @@ fn bad_flag_values_are_refused_before_listening() {
             env: None,
             stderr: "--real-ip-header: invalid header name 'bad header'",
         },
+        Case {
+            args: run_args(&["--workers", "0"]),
+            env: None,
+            stderr: "--workers: '0' is not a number of workers between 1 and 1024 (or 'auto')",
+        },
+        Case {
+            args: run_args(&[]),
+            env: Some(("PORTCULLIS_WORKERS", "many")),
+            stderr: "--workers: 'many' is not a number of workers",
+        },
     ];
     for Case { args, env, stderr } in cases {
         let mut cmd = portcullis(empty.path());
@@ -1547,4 +1557,81 @@ async fn download_100_mib_streams_through_with_small_rss() {
         peak as f64 / 1024.0
     );
     assert!(peak < RSS_LIMIT_KIB, "gateway peak RSS {peak} KiB");
+}
+
+// ---------------------------------------------------------------------------------
+// Worker threads
+// ---------------------------------------------------------------------------------
+
+/// The names of a process's threads (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("read /proc/PID/task")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_share_the_port_and_serve_every_connection() {
+    let up = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "gw.yaml", &echo_config(up));
+    let mut cmd = portcullis(dir.path());
+    cmd.args(run_args(&["--config", s(&cfg), "--workers", "3"]));
+    let mut g = Gateway::start(cmd);
+    // One listening line for the address, naming the workers; one thread each.
+    let text = g.stderr.text();
+    assert_eq!(text.matches("proxy listening").count(), 1, "{text}");
+    assert!(text.contains("workers=3"), "{text}");
+    let workers: Vec<String> = thread_names(g.child.id())
+        .into_iter()
+        .filter(|n| n.starts_with("portcullis-w"))
+        .collect();
+    assert_eq!(workers, ["portcullis-w0", "portcullis-w1", "portcullis-w2"]);
+
+    // Many connections at once: the kernel spreads them over the three sockets, and
+    // every one is answered through the upstream.
+    let addr = g.addr();
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        tasks.push(tokio::spawn(async move {
+            let r = get(addr, &format!("/echo/c{i}")).await;
+            (r.status, r.json())
+        }));
+    }
+    for t in tasks {
+        let (status, j) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(j["path"].as_str().unwrap().starts_with("/base/c"), "{j}");
+    }
+    for _ in 0..48 {
+        g.log_line().await;
+    }
+    let code = g.terminate();
+    assert!(code.success(), "{code}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_default_to_the_cores_the_process_may_use() {
+    let up = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "gw.yaml", &echo_config(up));
+    let mut cmd = portcullis(dir.path());
+    // An empty value counts as unset, like every PORTCULLIS_* variable.
+    cmd.env("PORTCULLIS_WORKERS", "");
+    cmd.args(run_args(&["--config", s(&cfg)]));
+    let g = Gateway::start(cmd);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let text = g.stderr.text();
+    assert!(text.contains(&format!("workers={cores}")), "{text}");
+    let workers = thread_names(g.child.id())
+        .into_iter()
+        .filter(|n| n.starts_with("portcullis-w"))
+        .count();
+    assert_eq!(workers, cores);
+    assert_eq!(get(g.addr(), "/echo/x").await.status, 200);
 }
