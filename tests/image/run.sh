@@ -7,7 +7,8 @@
 # build --release). What it proves, each step failing loudly with what went wrong:
 #  1. deploy/Dockerfile's runtime stage builds (podman build --isolation=chroot
 #     --format docker) on a Debian bookworm base made with debootstrap from the mirror
-#     apt uses, with BINARY in place of the build stage (which needs a Rust image).
+#     apt uses, with an image holding BINARY in place of the build stage (which needs
+#     a Rust image no registry here serves).
 #  2. With no mounts: the gateway runs as uid 10001; `portcullis health`, `kong health`
 #     and `podman healthcheck run` pass; port 8000 answers /mcp 403 and /anything 404;
 #     8443 serves TLS with the generated certificate (CN=localhost).
@@ -132,9 +133,18 @@ printf 'FROM scratch\nCOPY portcullis /src/target/release/portcullis\n' >"$WORK/
 old_image=$("${PODMAN[@]}" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 "${PODMAN[@]}" build -q --isolation=chroot --format docker --pull=never \
   -t "$BIN_IMAGE" "$WORK/bin" >/dev/null || fail "podman build of the binary image failed"
+# deploy/Dockerfile with its first stage (`... AS build`, the Rust compile) replaced by
+# the binary image; every later line, the runtime stage, as it is.
+awk -v bin="$BIN_IMAGE" '
+  !seen && /^FROM .* AS build$/ { print "FROM " bin " AS build"; seen = skip = 1; next }
+  skip && /^FROM / { skip = 0 }
+  !skip { print }
+  END { if (!seen) exit 1 }
+' deploy/Dockerfile >"$WORK/Dockerfile" || fail "deploy/Dockerfile has no build stage (FROM ... AS build) to replace"
+grep -q '^COPY --from=build /src/target/release/portcullis ' "$WORK/Dockerfile" ||
+  fail "deploy/Dockerfile's runtime stage no longer copies /src/target/release/portcullis from the build stage"
 "${PODMAN[@]}" build --isolation=chroot --format docker --pull=never \
-  -f deploy/Dockerfile --target runtime --build-arg "PORTCULLIS_BUILD=$BIN_IMAGE" \
-  -t "$IMAGE" . >"$WORK/build.log" 2>&1 ||
+  -f "$WORK/Dockerfile" -t "$IMAGE" . >"$WORK/build.log" 2>&1 ||
   { tail -n 30 "$WORK/build.log" >&2; fail "podman build of deploy/Dockerfile (runtime stage) failed"; }
 new_image=$("${PODMAN[@]}" image inspect -f '{{.Id}}' "$IMAGE")
 # The previous build's image is only a stale copy of this one.
