@@ -98,7 +98,7 @@ mirror() {
   local uri
   uri=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
     /etc/apt/sources.list | grep -v security | head -n 1 |
-    sed -E 's/^URIs:[[:space:]]*//; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//; s/[[:space:]].*$//')
+    sed -E 's/^URIs:[[:space:]]*//; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//; s/[[:space:]].*$//') || true
   echo "${uri:-http://deb.debian.org/debian}"
 }
 (
@@ -170,7 +170,7 @@ poll() {
   done
 }
 host_port() { # container, container port → the host port podman published it on
-  "${PODMAN[@]}" port "$1" "$2/tcp" | head -n 1 | sed 's/.*://'
+  "${PODMAN[@]}" port "$1" "$2/tcp" | sed -n '1s/.*://p'
 }
 status() { # url [curl args] → HTTP status
   curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@"
@@ -325,7 +325,8 @@ decl=$("${PODMAN[@]}" exec "$sb" sh -c 'echo "$KONG_DECLARATIVE_CONFIG"')
 "${PODMAN[@]}" exec "$sb" sh -c "grep -q -- '- key: $ANON_KEY' '$decl'" ||
   fail "Supabase's kong-entrypoint.sh did not write its substituted copy to $decl"
 ok "Supabase's kong-entrypoint.sh wrote $decl and handed over to /entrypoint.sh"
-cfg=$("${PODMAN[@]}" logs "$sb" 2>&1 | sed -n 's/.*watching the config for changes.*config=\([^ ]*\).*/\1/p' | head -n 1)
+"${PODMAN[@]}" logs "$sb" >"$WORK/sb.out" 2>"$WORK/sb.err"
+cfg=$(sed -n 's/.*watching the config for changes.*config=\([^ ]*\).*/\1/p' "$WORK/sb.err")
 [ -n "$cfg" ] || { show_logs "$sb"; fail "the gateway does not watch its config file"; }
 ok "the gateway serves and watches $cfg"
 
@@ -352,7 +353,7 @@ expect_status 200 "GET / (dashboard) with the dashboard's basic-auth" -u "$DASHB
 # Edits of the mounted kong.yml, made on the host.
 KONG_YML="$SB/volumes/api/kong.yml"
 mcp_body() { curl -s --max-time 5 "http://127.0.0.1:$gw/api/mcp"; }
-serves() { mcp_body | grep -qF "$1"; }
+serves() { [[ $(mcp_body) == *"$1"* ]]; }
 before=$(stat -c %i "$KONG_YML")
 edited=$(sed 's/Access is forbidden\./Closed: edit 1, in place./' "$KONG_YML")
 printf '%s\n' "$edited" >"$KONG_YML" # same inode: truncate and write
@@ -388,9 +389,9 @@ ok "SIGTERM: the in-flight request completed (200), exit 0 after $took s (drain 
 
 # Access log: nginx's combined format, on the container's stdout.
 combined='^[0-9a-f.:]+ - [^ ]+ \[[^]]+\] "GET /rest/v1/items\?select=id HTTP/1\.1" 200 [0-9]+ "[^"]*" "[^"]*"'
-"${PODMAN[@]}" logs "$sb" 2>/dev/null | grep -qE "$combined" ||
+"${PODMAN[@]}" logs "$sb" >"$WORK/sb.out" 2>"$WORK/sb.err"
+line=$(grep -m 1 -E "$combined" "$WORK/sb.out") ||
   { show_logs "$sb"; fail "podman logs: no combined access-log line for GET /rest/v1/items on stdout"; }
-line=$("${PODMAN[@]}" logs "$sb" 2>/dev/null | grep -E "$combined" | head -n 1)
 ok "podman logs (stdout): $line"
 
 echo "image test: passed in $(elapsed "$T0") s (image size $((size / 1000000)) MB)"
