@@ -131,6 +131,7 @@ else
 fi
 printf 'FROM scratch\nCOPY portcullis /src/target/release/portcullis\n' >"$WORK/bin/Dockerfile"
 old_image=$("${PODMAN[@]}" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+old_bin_image=$("${PODMAN[@]}" image inspect -f '{{.Id}}' "$BIN_IMAGE" 2>/dev/null || true)
 "${PODMAN[@]}" build -q --isolation=chroot --format docker --pull=never \
   -t "$BIN_IMAGE" "$WORK/bin" >/dev/null || fail "podman build of the binary image failed"
 # deploy/Dockerfile with its first stage (`... AS build`, the Rust compile) replaced by
@@ -148,9 +149,13 @@ grep -q '^COPY --from=build /src/target/release/portcullis ' "$WORK/Dockerfile" 
   { tail -n 30 "$WORK/build.log" >&2; fail "podman build of deploy/Dockerfile (runtime stage) failed"; }
 new_image=$("${PODMAN[@]}" image inspect -f '{{.Id}}' "$IMAGE")
 # The previous build's image is only a stale copy of this one.
-if [ -n "$old_image" ] && [ "$old_image" != "$new_image" ]; then
-  "${PODMAN[@]}" rmi "$old_image" >/dev/null 2>&1 || true
-fi
+new_bin_image=$("${PODMAN[@]}" image inspect -f '{{.Id}}' "$BIN_IMAGE")
+for pair in "$old_image $new_image" "$old_bin_image $new_bin_image"; do
+  read -r old new <<<"$pair"
+  if [ -n "$old" ] && [ -n "$new" ] && [ "$old" != "$new" ]; then
+    "${PODMAN[@]}" rmi "$old" >/dev/null 2>&1 || true
+  fi
+done
 size=$("${PODMAN[@]}" image inspect -f '{{.Size}}' "$IMAGE")
 healthcheck=$("${PODMAN[@]}" image inspect -f '{{.Config.Healthcheck.Test}}' "$IMAGE")
 case "$healthcheck" in
