@@ -11,7 +11,7 @@
 #     a Rust image no registry here serves).
 #  2. With no mounts: the gateway runs as uid 10001; `portcullis health`, `kong health`
 #     and `podman healthcheck run` pass; port 8000 answers /mcp 403 and /anything 404;
-#     8443 serves TLS with the generated certificate (CN=localhost).
+#     8443 serves TLS with the generated self-signed certificate for localhost.
 #  3. Supabase's way, as deploy/docker-compose.portcullis.yml runs it (its volumes,
 #     environment and entrypoint, read from that file): Supabase's kong-entrypoint.sh
 #     and kong.yml (tests/fixtures/supabase/, unmodified); key-auth and acl answer as
@@ -28,7 +28,6 @@
 # (nsenter -n), on its loopback: nothing listens outside the container.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-REPO="$PWD"
 
 BASE_IMAGE=localhost/debian:bookworm-slim
 IMAGE=localhost/portcullis-image-test:latest
@@ -239,8 +238,8 @@ ok "8443 serves the generated self-signed certificate for localhost"
 
 # ---- 3. Supabase's way ---------------------------------------------------------------
 OVERRIDE=deploy/docker-compose.portcullis.yml
-# block KEY: the lines of the api-gw service's KEY block (a list or a map), or its value
-# when KEY's value is on its own line (entrypoint: [...]).
+# block KEY: the entries of the api-gw service's KEY block (a list or a map), one a
+# line, or KEY's value when it sits on the key's own line (entrypoint: [...]).
 block() {
   awk -v key="$1" '
     /^  api-gw:/ { svc = 1; next }
