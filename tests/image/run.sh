@@ -60,8 +60,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   step "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || fail "apt-get update failed (needed to install ${missing[*]})"
-  apt-get install -y -qq "${missing[@]}" >/dev/null ||
-    fail "apt-get install ${missing[*]} failed"
+  apt_log=$(mktemp)
+  apt-get install -y -qq "${missing[@]}" >"$apt_log" 2>&1 ||
+    { tail -n 20 "$apt_log" >&2; fail "apt-get install ${missing[*]} failed"; }
+  rm -f "$apt_log"
   for cmd in "${!PKG[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || fail "$cmd is still missing after apt-get install ${PKG[$cmd]}"
   done
@@ -112,8 +114,8 @@ mirror() {
     root="$WORK/rootfs"
     debootstrap --variant=minbase ${SUITE#debian } "$root" "$m" >"$WORK/debootstrap.log" 2>&1 ||
       { tail -n 20 "$WORK/debootstrap.log" >&2; fail "debootstrap of $SUITE from $m failed"; }
-    tar -C "$root" -c . | "${PODMAN[@]}" import - "$BASE_IMAGE" >/dev/null ||
-      fail "podman import of the debootstrapped root failed"
+    tar -C "$root" -c . | "${PODMAN[@]}" import - "$BASE_IMAGE" >"$WORK/import.log" 2>&1 ||
+      { cat "$WORK/import.log" >&2; fail "podman import of the debootstrapped root failed"; }
     rm -rf "$root"
     ok "base image $BASE_IMAGE made in $(elapsed "$t") s"
   fi
