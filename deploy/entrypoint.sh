@@ -13,7 +13,8 @@
 #
 # The gateway reads the config *template* itself (Portcullis substitutes $NAME in
 # parsed values), so editing the mounted file reloads it. The file is, in order:
-# PORTCULLIS_CONFIG; /home/kong/temp.yml (where Supabase mounts kong.yml);
+# PORTCULLIS_CONFIG (the compose override sets /home/kong/api/kong.yml, in the mounted
+# ./volumes/api folder); /home/kong/temp.yml (where Supabase mounts kong.yml alone);
 # KONG_DECLARATIVE_CONFIG; the embedded default.
 #
 # Without Supabase's script, the values its template expects are computed here when

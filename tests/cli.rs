@@ -591,13 +591,9 @@ fn check_without_config_uses_cwd_gateway_yaml_else_the_embedded_one() {
 
 fn supabase_fixture(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/supabase")
+        .join("tests/fixtures/supabase")
         .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: the shared/ folder must sit beside the repository",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing", p.display());
     p
 }
 

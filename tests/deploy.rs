@@ -58,7 +58,13 @@ fn compose_override_has_what_supabase_needs() {
         volumes
             .iter()
             .any(|v| v.starts_with("./volumes/api/kong.yml:/home/kong/temp.yml")),
-        "the template is mounted where the entrypoint reads it: {volumes:?}"
+        "the template is mounted where Supabase's entrypoint reads it: {volumes:?}"
+    );
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.starts_with("./volumes/api:/home/kong/api:")),
+        "the folder is mounted, so a new file renamed over kong.yml reaches the gateway: {volumes:?}"
     );
     assert!(matches!(&get(gw, "container_name").value, Value::Str(s) if s == "supabase-kong"));
     let env = get(gw, "environment");
@@ -72,6 +78,10 @@ fn compose_override_has_what_supabase_needs() {
     ] {
         get(env, key);
     }
+    assert!(
+        matches!(&get(env, "PORTCULLIS_CONFIG").value, Value::Str(s) if s == "/home/kong/api/kong.yml"),
+        "the gateway reads kong.yml in the mounted folder"
+    );
 }
 
 #[test]
@@ -86,6 +96,8 @@ fn dockerfile_is_multi_stage_small_non_root_with_a_shell() {
         "final image keeps /bin/sh, awk, sed"
     );
     assert!(text.contains("USER kong"), "non-root");
+    // tests/image/run.sh replaces the build stage: the runtime stage copies from it.
+    assert!(text.contains("COPY --from=build /src/target/release/portcullis "));
     assert!(text.contains("COPY deploy/entrypoint.sh /entrypoint.sh"));
     assert!(text.contains("ENTRYPOINT [\"/entrypoint.sh\"]"));
     for p in ["deploy/entrypoint.sh", "deploy/kong"] {

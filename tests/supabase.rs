@@ -32,14 +32,32 @@ const DASH_PASS: &str = "pa'ss\"w:rd";
 
 fn fixture(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/supabase")
+        .join("tests/fixtures/supabase")
         .join(name);
-    assert!(
-        p.exists(),
-        "missing fixture {} (shared/ must sit beside the repo)",
-        p.display()
-    );
+    assert!(p.exists(), "missing fixture {}", p.display());
     p
+}
+
+/// The fixtures are Supabase's files byte for byte: each one's SHA-256 matches the sum
+/// recorded beside it when it was copied (`SOURCE.md` there says from where).
+#[test]
+fn fixtures_are_supabase_files_unmodified() {
+    use sha2::Digest;
+    let sums = std::fs::read_to_string(fixture("SHA256SUMS")).unwrap();
+    let mut names = Vec::new();
+    for line in sums.lines() {
+        let (want, name) = line
+            .split_once("  ")
+            .unwrap_or_else(|| panic!("not a sha256sum line: {line:?}"));
+        let got: String = sha2::Sha256::digest(std::fs::read(fixture(name)).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, want, "{name} is not the file Supabase ships");
+        names.push(name);
+    }
+    names.sort_unstable();
+    assert_eq!(names, ["kong-entrypoint.sh", "kong-legacy.yml", "kong.yml"]);
 }
 
 /// The services of the fixture and the host:port each one calls.

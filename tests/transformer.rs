@@ -352,10 +352,10 @@ const SERVICE_JWT: &str = "eyJhbGciOiJFUzI1NiJ9.service-asym.sig";
 /// like its awk does (the LUA_* values built as kong-entrypoint.sh builds them), and
 /// the upstream host names pointed at the echo server.
 fn supabase_yaml(up: SocketAddr, opaque: bool) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/supabase/kong.yml");
-    let mut text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (shared/ must sit beside the repo)", path.display()));
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/supabase/kong.yml");
+    let mut text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let (secret, publishable) = ("sb_secret_test", "sb_publishable_test");
     let (auth, ws, functions) = if opaque {
         (
