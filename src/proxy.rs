@@ -86,6 +86,9 @@ pub struct Gateway {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Set when shutdown starts: /health answers 503 while requests drain.
     pub draining: AtomicBool,
+    /// Plugin state that outlives reloads (rate-limiting counters, Redis clients);
+    /// bound to each new snapshot before it serves (`reload.rs`).
+    pub rate_limits: crate::plugins::rate_limiting::Store,
 }
 
 impl Gateway {
@@ -96,12 +99,17 @@ impl Gateway {
             .limits
             .max_connections
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let metrics = crate::metrics::Metrics::new();
+        let rate_limits =
+            crate::plugins::rate_limiting::Store::new(metrics.ratelimit_redis_errors());
+        rate_limits.bind(&snapshot);
         Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             settings,
             clients,
             status: std::sync::Mutex::new(ReloadStatus::default()),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
+            rate_limits,
             tls: None,
             connections: Arc::new(tokio::sync::Semaphore::new(permits)),
             draining: AtomicBool::new(false),
@@ -231,6 +239,14 @@ pub async fn handle(
     let (mut resp, info) = ex.run(req).await;
 
     let h = resp.headers_mut();
+    if let Some(extra) = info.response_headers {
+        // Set by plugins in the access phase (rate-limiting's X-RateLimit-*).
+        for (name, value) in extra.0 {
+            if let Some(name) = name {
+                h.insert(name, value);
+            }
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert(X_REQUEST_ID.clone(), v);
     }
@@ -285,6 +301,8 @@ struct Info {
     /// The same, precise, for the latency histogram.
     upstream_time: Option<Duration>,
     proxy_ms: Option<u128>,
+    /// Response headers plugins set in the access phase.
+    response_headers: Option<crate::plugins::ResponseHeaders>,
 }
 
 struct Exchange<'a> {
@@ -459,6 +477,10 @@ impl Exchange<'_> {
                 auth: &mut auth,
                 captures: &m.captures,
                 upstream: &mut overrides,
+                service: route
+                    .service
+                    .map(|s| self.snap.config.services[s].id.as_str()),
+                extensions: &mut parts.extensions,
             };
             let mut last: Option<&'static str> = None;
             for link in chain {
@@ -485,6 +507,7 @@ impl Exchange<'_> {
             }
         }
         let consumer = auth.consumer;
+        info.response_headers = parts.extensions.remove::<crate::plugins::ResponseHeaders>();
         match answer {
             None | Some(Flow::Continue) => {}
             Some(Flow::Wait(_)) => {
