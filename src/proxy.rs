@@ -241,9 +241,18 @@ pub async fn handle(
     let h = resp.headers_mut();
     if let Some(extra) = info.response_headers {
         // Set by plugins in the access phase (rate-limiting's X-RateLimit-*).
+        let mut last: Option<HeaderName> = None;
         for (name, value) in extra.0 {
-            if let Some(name) = name {
-                h.insert(name, value);
+            match name {
+                Some(name) => {
+                    h.insert(name.clone(), value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        h.append(name.clone(), value);
+                    }
+                }
             }
         }
     }

@@ -913,6 +913,7 @@ async fn sync_rate_batches_increments() {
         "          hour: 4\n          sync_rate: 0.2\n",
     ))
     .await;
+    window_with_room(3600, 20).await;
     // Counted locally between syncs: the replica enforces its own count at once.
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
