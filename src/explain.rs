@@ -144,6 +144,7 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
     let mut headers = req.headers.clone();
     let mut auth = AuthState::default();
     let mut overrides = crate::plugins::UpstreamOverrides::default();
+    let mut extensions = http::Extensions::new();
     let mut ctx = RequestCtx {
         method: &req.method,
         uri: &mut uri,
@@ -155,6 +156,8 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
         auth: &mut auth,
         captures: &m.captures,
         upstream: &mut overrides,
+        service: route.service.map(|s| cfg.services[s].id.as_str()),
+        extensions: &mut extensions,
     };
     let _ = writeln!(out, "plugins (in execution order):");
     if compiled.chain.is_empty() {
@@ -204,6 +207,9 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
                     }
                 }
                 // Explain sends nothing, so keys are never fetched here.
+                Flow::Wait(_) if p.name() == "rate-limiting" => {
+                    "would count the request in Redis and answer 429 past the limit (explain sends nothing)".to_string()
+                }
                 Flow::Wait(_) => {
                     "would fetch the authorization server's keys, then check the bearer token (explain fetches nothing)".to_string()
                 }

@@ -119,6 +119,7 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Counter>,
     connection_errors: Family<ReasonLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
+    ratelimit_redis_errors: Counter,
     generation: Gauge,
     draining: Gauge,
     /// route name → service name → handles, so the hot path allocates nothing.
@@ -151,6 +152,7 @@ impl Metrics {
         let reloads = Family::<OutcomeLabels, Counter>::default();
         let generation = Gauge::default();
         let draining = Gauge::default();
+        let ratelimit_redis_errors = Counter::default();
         registry.register(
             "http_requests",
             "Requests answered, by route, service and status class (route and service are empty when no route matched)",
@@ -194,6 +196,11 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "ratelimit_redis_errors",
+            "rate-limiting requests (or batched syncs) that Redis failed to answer in time or at all",
+            ratelimit_redis_errors.clone(),
+        );
+        registry.register(
             "config_generation",
             "Generation of the config serving requests",
             generation.clone(),
@@ -213,6 +220,7 @@ impl Metrics {
             connections,
             connection_errors,
             reloads,
+            ratelimit_redis_errors,
             generation,
             draining,
             routes: RwLock::new(HashMap::new()),
@@ -280,6 +288,11 @@ impl Metrics {
             ReloadOutcome::Failed => "failed",
         };
         self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// The counter of Redis failures, for rate-limiting's shared state to increment.
+    pub fn ratelimit_redis_errors(&self) -> Counter {
+        self.ratelimit_redis_errors.clone()
     }
 
     pub fn set_draining(&self, on: bool) {

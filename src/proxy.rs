@@ -86,6 +86,9 @@ pub struct Gateway {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Set when shutdown starts: /health answers 503 while requests drain.
     pub draining: AtomicBool,
+    /// Plugin state that outlives reloads (rate-limiting counters, Redis clients);
+    /// bound to each new snapshot before it serves (`reload.rs`).
+    pub rate_limits: crate::plugins::rate_limiting::Store,
 }
 
 impl Gateway {
@@ -96,12 +99,17 @@ impl Gateway {
             .limits
             .max_connections
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let metrics = crate::metrics::Metrics::new();
+        let rate_limits =
+            crate::plugins::rate_limiting::Store::new(metrics.ratelimit_redis_errors());
+        rate_limits.bind(&snapshot);
         Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             settings,
             clients,
             status: std::sync::Mutex::new(ReloadStatus::default()),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
+            rate_limits,
             tls: None,
             connections: Arc::new(tokio::sync::Semaphore::new(permits)),
             draining: AtomicBool::new(false),
@@ -271,6 +279,23 @@ pub async fn handle(
     let (mut resp, mut info) = ex.run(req).await;
 
     let h = resp.headers_mut();
+    if let Some(extra) = info.response_headers.take() {
+        // Set by plugins in the access phase (rate-limiting's X-RateLimit-*).
+        let mut last: Option<HeaderName> = None;
+        for (name, value) in extra.0 {
+            match name {
+                Some(name) => {
+                    h.insert(name.clone(), value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        h.append(name.clone(), value);
+                    }
+                }
+            }
+        }
+    }
     h.insert(X_REQUEST_ID.clone(), rid.header_value());
     match info.upstream_ms {
         Some(up) => {
@@ -330,6 +355,8 @@ struct Info {
     proxy_ms: Option<u128>,
     /// The matched route's metric series.
     metrics: Option<Arc<crate::metrics::RouteHandles>>,
+    /// Response headers plugins set in the access phase.
+    response_headers: Option<crate::plugins::ResponseHeaders>,
 }
 
 struct Exchange<'a> {
@@ -510,6 +537,10 @@ impl Exchange<'_> {
                 auth: &mut auth,
                 captures: &m.captures,
                 upstream: &mut overrides,
+                service: route
+                    .service
+                    .map(|s| self.snap.config.services[s].id.as_str()),
+                extensions: &mut parts.extensions,
             };
             let mut last: Option<&'static str> = None;
             for link in chain {
@@ -536,6 +567,7 @@ impl Exchange<'_> {
             }
         }
         let consumer = auth.consumer;
+        info.response_headers = parts.extensions.remove::<crate::plugins::ResponseHeaders>();
         match answer {
             None | Some(Flow::Continue) => {}
             Some(Flow::Wait(_)) => {

@@ -129,6 +129,8 @@ fn load_if_changed(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
     }
     let generation = current.generation + 1;
     let snap = config::load_bytes(&name, &bytes, generation, &gw.clients)?;
+    // Plugins whose scope and config are unchanged keep their counters.
+    gw.rate_limits.bind(&snap);
     gw.snapshot.store(Arc::new(snap));
     Ok(Outcome::Reloaded(generation))
 }

@@ -750,9 +750,9 @@ services:
         plugins:
           - name: jwt
     plugins:
-      - name: rate-limiting
+      - name: response-ratelimiting
         config:
-          minute: 5
+          limits: {sms: {minute: 5}}
 plugins:
   - name: prometheus
 "#;
@@ -762,7 +762,7 @@ plugins:
     cmd.args(["check", "--config", s(&cfg)]);
     let out = finish(cmd);
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
-    let want: Vec<String> = ["jwt", "rate-limiting", "prometheus"]
+    let want: Vec<String> = ["jwt", "response-ratelimiting", "prometheus"]
         .iter()
         .map(|p| {
             format!(

@@ -15,6 +15,7 @@ struct Req {
     auth: AuthState,
     captures: Captures,
     upstream: UpstreamOverrides,
+    extensions: http::Extensions,
     id: String,
 }
 
@@ -38,6 +39,7 @@ impl Req {
             auth: AuthState::default(),
             captures: Captures::default(),
             upstream: UpstreamOverrides::default(),
+            extensions: http::Extensions::new(),
             id: format!("req-{}", rand_id()),
         }
     }
@@ -54,6 +56,8 @@ impl Req {
             auth: &mut self.auth,
             captures: &self.captures,
             upstream: &mut self.upstream,
+            service: None,
+            extensions: &mut self.extensions,
         };
         f(&mut ctx)
     }

@@ -15,6 +15,7 @@ pub mod ip_restriction;
 pub mod key_auth;
 pub mod mcp_origin;
 pub mod oauth2_resource;
+pub mod rate_limiting;
 pub mod request_termination;
 pub mod request_transformer;
 
@@ -41,6 +42,7 @@ pub enum Plugin {
     PostFunction(functions::Functions),
     McpOrigin(mcp_origin::McpOrigin),
     OAuth2Resource(oauth2_resource::OAuth2Resource),
+    RateLimiting(rate_limiting::RateLimiting),
 }
 
 /// What a plugin's access phase decides.
@@ -95,7 +97,18 @@ pub struct RequestCtx<'a> {
     pub captures: &'a crate::router::Captures,
     /// Changes to the upstream request that the router would otherwise decide.
     pub upstream: &'a mut UpstreamOverrides,
+    /// The matched route's service id (Kong's `kong.router.get_service().id`).
+    pub service: Option<&'a str>,
+    /// Per-request plugin state (Kong's `ngx.ctx`), e.g. what a `Flow::Wait` fetched;
+    /// [`ResponseHeaders`] found here at the end of the access phase go on the response.
+    pub extensions: &'a mut http::Extensions,
 }
+
+/// Headers a plugin sets on the response from the access phase (Kong's
+/// `kong.response.set_header`): the proxy adds them to whatever response the request
+/// gets, proxied or not.
+#[derive(Clone, Debug, Default)]
+pub struct ResponseHeaders(pub HeaderMap);
 
 /// What plugins may impose on the upstream request beyond headers, query and body
 /// (Kong's `kong.service.request.set_path` / `set_method` / `set_header("Host")`).
@@ -110,7 +123,6 @@ pub struct UpstreamOverrides {
 
 /// Names Portcullis knows but has not implemented: refused at load with this message.
 const KNOWN_UNSUPPORTED: &[&str] = &[
-    "rate-limiting",
     "response-transformer",
     "jwt",
     "oauth2",
@@ -167,6 +179,7 @@ pub fn decode(
         "oauth2-resource" => {
             oauth2_resource::decode(config, name_pos, ctx).map(Plugin::OAuth2Resource)
         }
+        "rate-limiting" => rate_limiting::decode(config, name_pos, ctx).map(Plugin::RateLimiting),
         other if KNOWN_UNSUPPORTED.contains(&other) => {
             ctx.err(
                 name_pos,
@@ -202,6 +215,7 @@ impl Plugin {
             Plugin::PostFunction(_) => "post-function",
             Plugin::McpOrigin(_) => "mcp-origin",
             Plugin::OAuth2Resource(_) => "oauth2-resource",
+            Plugin::RateLimiting(_) => "rate-limiting",
         }
     }
 
@@ -223,6 +237,8 @@ impl Plugin {
             // After cors (preflights are answered first), before key-auth (1250) and
             // ip-restriction (990), like Kong's other authentication plugins.
             Plugin::OAuth2Resource(_) => 1300,
+            // After the auth plugins and acl (950), before request-transformer (801).
+            Plugin::RateLimiting(_) => 910,
         }
     }
 
@@ -240,7 +256,8 @@ impl Plugin {
             | Plugin::OAuth2Resource(_) => false,
             Plugin::IpRestriction(_)
             | Plugin::RequestTermination(_)
-            | Plugin::RequestTransformer(_) => true,
+            | Plugin::RequestTransformer(_)
+            | Plugin::RateLimiting(_) => true,
         }
     }
 
@@ -256,7 +273,8 @@ impl Plugin {
             | Plugin::Acl(_)
             | Plugin::RequestTermination(_)
             | Plugin::McpOrigin(_)
-            | Plugin::OAuth2Resource(_) => false,
+            | Plugin::OAuth2Resource(_)
+            | Plugin::RateLimiting(_) => false,
         }
     }
 
@@ -272,6 +290,7 @@ impl Plugin {
             Plugin::PreFunction(p) | Plugin::PostFunction(p) => p.access(req),
             Plugin::McpOrigin(p) => p.access(req),
             Plugin::OAuth2Resource(p) => p.access(req),
+            Plugin::RateLimiting(p) => p.access(req),
         }
     }
 
@@ -288,7 +307,8 @@ impl Plugin {
             | Plugin::PreFunction(_)
             | Plugin::PostFunction(_)
             | Plugin::McpOrigin(_)
-            | Plugin::OAuth2Resource(_) => false,
+            | Plugin::OAuth2Resource(_)
+            | Plugin::RateLimiting(_) => false,
         }
     }
 
@@ -306,7 +326,8 @@ impl Plugin {
             | Plugin::PreFunction(_)
             | Plugin::PostFunction(_)
             | Plugin::McpOrigin(_)
-            | Plugin::OAuth2Resource(_) => {}
+            | Plugin::OAuth2Resource(_)
+            | Plugin::RateLimiting(_) => {}
         }
     }
 
@@ -342,6 +363,7 @@ impl Plugin {
             Plugin::PreFunction(f) | Plugin::PostFunction(f) => f.explain(),
             Plugin::McpOrigin(_) => "allows the Origin (or none was sent)".into(),
             Plugin::OAuth2Resource(p) => p.explain(),
+            Plugin::RateLimiting(p) => p.explain(),
         }
     }
 }
