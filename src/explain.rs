@@ -19,6 +19,8 @@ pub struct Request {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub client_ip: IpAddr,
+    /// The request body (`--body`), for plugins that read it (mcp-policy).
+    pub body: Option<bytes::Bytes>,
 }
 
 /// Parses `-H 'Name: value'` arguments.
@@ -144,17 +146,20 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
     let mut headers = req.headers.clone();
     let mut auth = AuthState::default();
     let mut overrides = crate::plugins::UpstreamOverrides::default();
+    let mut body = req.body.clone();
+    let mut mcp = None;
     let mut ctx = RequestCtx {
         method: &req.method,
         uri: &mut uri,
         headers: &mut headers,
-        body: None,
+        body: body.as_mut(),
         client_ip: req.client_ip,
         request_id: "explain",
         consumers: &snap.consumers,
         auth: &mut auth,
         captures: &m.captures,
         upstream: &mut overrides,
+        mcp: &mut mcp,
     };
     let _ = writeln!(out, "plugins (in execution order):");
     if compiled.chain.is_empty() {
@@ -276,10 +281,19 @@ fn summarize(body: &str) -> String {
     if body.is_empty() {
         return String::new();
     }
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body)
-        && let Some(m) = v.get("message").and_then(|m| m.as_str())
-    {
-        return format!(" \"{m}\"");
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
+        if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
+            return format!(" \"{m}\"");
+        }
+        // A JSON-RPC error (mcp-policy), or a batch of them.
+        let first = v.as_array().and_then(|a| a.first()).unwrap_or(&v);
+        if let Some(e) = first.get("error") {
+            return format!(
+                " JSON-RPC error {} \"{}\"",
+                e["code"],
+                e["message"].as_str().unwrap_or("")
+            );
+        }
     }
     let first = body.lines().next().unwrap_or("");
     let short: String = first.chars().take(80).collect();

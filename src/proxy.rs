@@ -216,6 +216,7 @@ pub async fn handle(
             request_id: request_id.clone(),
             start,
             upstream_ms: None,
+            mcp: None,
         })
     });
 
@@ -267,6 +268,7 @@ pub async fn handle(
         r.route = info.route;
         r.service = info.service;
         r.upstream_ms = info.upstream_ms;
+        r.mcp = info.mcp;
     }
     resp.map(|b| LoggedBody::new(b, record, finish).boxed())
 }
@@ -285,6 +287,8 @@ struct Info {
     /// The same, precise, for the latency histogram.
     upstream_time: Option<Duration>,
     proxy_ms: Option<u128>,
+    /// mcp-policy: method, tool/resource/prompt name, allowed.
+    mcp: Option<(String, Option<String>, bool)>,
 }
 
 struct Exchange<'a> {
@@ -447,6 +451,7 @@ impl Exchange<'_> {
         let mut auth = AuthState::default();
         let mut overrides = crate::plugins::UpstreamOverrides::default();
         let mut answer: Option<Flow> = None;
+        let mut mcp: Option<crate::mcp::Exchange> = None;
         {
             let mut ctx = RequestCtx {
                 method: &method,
@@ -459,6 +464,7 @@ impl Exchange<'_> {
                 auth: &mut auth,
                 captures: &m.captures,
                 upstream: &mut overrides,
+                mcp: &mut mcp,
             };
             let mut last: Option<&'static str> = None;
             for link in chain {
@@ -485,6 +491,13 @@ impl Exchange<'_> {
             }
         }
         let consumer = auth.consumer;
+        // mcp-policy's verdicts: counted now, logged with the request.
+        if let Some(ex) = &mcp {
+            self.gw.metrics.mcp(&compiled.name, ex);
+            info.mcp = ex
+                .summary()
+                .map(|(m, n, ok)| (m.into(), n.map(Into::into), ok));
+        }
         match answer {
             None | Some(Flow::Continue) => {}
             Some(Flow::Wait(_)) => {
@@ -672,9 +685,13 @@ impl Exchange<'_> {
                 };
                 rparts.headers.insert(header::VIA, via);
                 run_header_filters(chain, consumer, &method, &req_headers, &mut rparts.headers);
-                let body = rbody
+                let mut body = rbody
                     .map_err(|e| Box::new(e) as crate::body::BoxError)
                     .boxed();
+                // Body filter (mcp-policy's list results); None for every other route.
+                if let Some(f) = mcp.and_then(|e| e.filter) {
+                    body = crate::mcp::filter_response(f, &mut rparts, body);
+                }
                 (Response::from_parts(rparts, body), info)
             }
             Err((kind, err)) => {

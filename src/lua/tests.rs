@@ -54,6 +54,7 @@ impl Req {
             auth: &mut self.auth,
             captures: &self.captures,
             upstream: &mut self.upstream,
+            mcp: &mut None,
         };
         f(&mut ctx)
     }

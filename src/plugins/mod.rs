@@ -14,6 +14,7 @@ pub mod functions;
 pub mod ip_restriction;
 pub mod key_auth;
 pub mod mcp_origin;
+pub mod mcp_policy;
 pub mod oauth2_resource;
 pub mod request_termination;
 pub mod request_transformer;
@@ -41,6 +42,7 @@ pub enum Plugin {
     PostFunction(functions::Functions),
     McpOrigin(mcp_origin::McpOrigin),
     OAuth2Resource(oauth2_resource::OAuth2Resource),
+    McpPolicy(mcp_policy::McpPolicy),
 }
 
 /// What a plugin's access phase decides.
@@ -76,6 +78,8 @@ pub struct AuthState {
     /// The credential's identifier (key-auth: credential id; basic-auth: username).
     /// None with a consumer = the anonymous consumer.
     pub credential: Option<String>,
+    /// The scopes of a bearer token that oauth2-resource accepted (mcp-policy reads them).
+    pub scopes: Vec<String>,
 }
 
 /// The request as plugins see and change it. Changes to `headers`, `uri` and `body`
@@ -95,6 +99,8 @@ pub struct RequestCtx<'a> {
     pub captures: &'a crate::router::Captures,
     /// Changes to the upstream request that the router would otherwise decide.
     pub upstream: &'a mut UpstreamOverrides,
+    /// What mcp-policy judged (log, metrics) and what the response phase must filter.
+    pub mcp: &'a mut Option<crate::mcp::Exchange>,
 }
 
 /// What plugins may impose on the upstream request beyond headers, query and body
@@ -167,6 +173,7 @@ pub fn decode(
         "oauth2-resource" => {
             oauth2_resource::decode(config, name_pos, ctx).map(Plugin::OAuth2Resource)
         }
+        "mcp-policy" => mcp_policy::decode(config, name_pos, ctx).map(Plugin::McpPolicy),
         other if KNOWN_UNSUPPORTED.contains(&other) => {
             ctx.err(
                 name_pos,
@@ -202,6 +209,7 @@ impl Plugin {
             Plugin::PostFunction(_) => "post-function",
             Plugin::McpOrigin(_) => "mcp-origin",
             Plugin::OAuth2Resource(_) => "oauth2-resource",
+            Plugin::McpPolicy(_) => "mcp-policy",
         }
     }
 
@@ -223,6 +231,10 @@ impl Plugin {
             // After cors (preflights are answered first), before key-auth (1250) and
             // ip-restriction (990), like Kong's other authentication plugins.
             Plugin::OAuth2Resource(_) => 1300,
+            // After authentication (it reads the consumer and the token's scopes) and
+            // acl (950); before rate-limiting (910), so refused calls cost no quota, and
+            // request-transformer (801), so it judges the client's own body.
+            Plugin::McpPolicy(_) => 900,
         }
     }
 
@@ -240,7 +252,8 @@ impl Plugin {
             | Plugin::OAuth2Resource(_) => false,
             Plugin::IpRestriction(_)
             | Plugin::RequestTermination(_)
-            | Plugin::RequestTransformer(_) => true,
+            | Plugin::RequestTransformer(_)
+            | Plugin::McpPolicy(_) => true,
         }
     }
 
@@ -250,6 +263,7 @@ impl Plugin {
             Plugin::KeyAuth(k) => k.key_in_body,
             Plugin::RequestTransformer(t) => t.needs_body(),
             Plugin::PreFunction(f) | Plugin::PostFunction(f) => f.needs_body(),
+            Plugin::McpPolicy(_) => true,
             Plugin::Cors(_)
             | Plugin::BasicAuth(_)
             | Plugin::IpRestriction(_)
@@ -272,6 +286,7 @@ impl Plugin {
             Plugin::PreFunction(p) | Plugin::PostFunction(p) => p.access(req),
             Plugin::McpOrigin(p) => p.access(req),
             Plugin::OAuth2Resource(p) => p.access(req),
+            Plugin::McpPolicy(p) => p.access(req),
         }
     }
 
@@ -288,7 +303,8 @@ impl Plugin {
             | Plugin::PreFunction(_)
             | Plugin::PostFunction(_)
             | Plugin::McpOrigin(_)
-            | Plugin::OAuth2Resource(_) => false,
+            | Plugin::OAuth2Resource(_)
+            | Plugin::McpPolicy(_) => false,
         }
     }
 
@@ -306,7 +322,8 @@ impl Plugin {
             | Plugin::PreFunction(_)
             | Plugin::PostFunction(_)
             | Plugin::McpOrigin(_)
-            | Plugin::OAuth2Resource(_) => {}
+            | Plugin::OAuth2Resource(_)
+            | Plugin::McpPolicy(_) => {}
         }
     }
 
@@ -342,6 +359,7 @@ impl Plugin {
             Plugin::PreFunction(f) | Plugin::PostFunction(f) => f.explain(),
             Plugin::McpOrigin(_) => "allows the Origin (or none was sent)".into(),
             Plugin::OAuth2Resource(p) => p.explain(),
+            Plugin::McpPolicy(p) => p.explain(req),
         }
     }
 }
