@@ -658,3 +658,52 @@ async fn explain_shows_the_policy_decision_for_a_body() {
     let out = explain(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
     assert!(out.contains("filtered"), "{out}");
 }
+
+/// Per consumer through Kong's plugin scoping: a consumer's own mcp-policy entry
+/// replaces the route's for that consumer (key-auth establishes who it is).
+#[tokio::test]
+async fn a_consumers_own_policy_replaces_the_routes() {
+    let (up, seen) = recording_upstream().await;
+    let yaml = format!(
+        r#"_format_version: "3.0"
+consumers:
+  - username: reader
+    keyauth_credentials:
+      - key: reader-key
+  - username: admin
+    keyauth_credentials:
+      - key: admin-key
+plugins:
+  - name: mcp-policy
+    consumer: admin
+    config:
+      allow:
+        tools: ["*"]
+services:
+  - name: up
+    url: http://{up}/mcp
+    routes:
+      - name: mcp
+        paths: [/mcp]
+    plugins:
+      - name: key-auth
+      - name: mcp-policy
+        config:
+          allow:
+            tools: ["list_*"]
+"#
+    );
+    let g = gateway(&yaml).await;
+    let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_sql"}}"#;
+    let list = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let r = post(g.addr, "/mcp", &[("apikey", "reader-key")], call).await;
+    assert_eq!(r.json()["error"]["code"], -32602, "{}", r.text());
+    let r = post(g.addr, "/mcp", &[("apikey", "reader-key")], list).await;
+    assert_eq!(r.json()["result"]["tools"].as_array().unwrap().len(), 1);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let r = post(g.addr, "/mcp", &[("apikey", "admin-key")], call).await;
+    assert!(r.json()["result"]["echo"].is_string(), "{}", r.text());
+    let r = post(g.addr, "/mcp", &[("apikey", "admin-key")], list).await;
+    assert_eq!(r.json()["result"]["tools"].as_array().unwrap().len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
