@@ -707,3 +707,43 @@ services:
     assert_eq!(r.json()["result"]["tools"].as_array().unwrap().len(), 2);
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
+
+/// `portcullis explain -d BODY` (and `-d @FILE`) through the real binary.
+#[test]
+fn explain_cli_takes_a_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        "_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:1/mcp\n    routes:\n      - paths: [/mcp]\n    plugins:\n      - name: mcp-policy\n        config:\n          allow:\n            tools: [\"list_*\"]\n",
+    )
+    .unwrap();
+    let body = dir.path().join("call.json");
+    std::fs::write(
+        &body,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_tables"}}"#,
+    )
+    .unwrap();
+    let explain = |data: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .env_clear()
+            .args(["explain", "--config", cfg.to_str().unwrap(), "-d", data])
+            .args(["POST", "http://localhost:8000/mcp"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = explain(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_sql"}}"#,
+    );
+    assert!(
+        out.contains("mcp-policy")
+            && out.contains("execute_sql")
+            && out.contains("never reaches the upstream"),
+        "{out}"
+    );
+    let out = explain(&format!("@{}", body.display()));
+    assert!(out.contains("allows tools/call 'list_tables'"), "{out}");
+    assert!(out.contains("proxied to service 's'"), "{out}");
+}
