@@ -287,7 +287,7 @@ fn summarize(body: &str) -> String {
         }
         // A JSON-RPC error (mcp-policy), or a batch of them.
         let first = v.as_array().and_then(|a| a.first()).unwrap_or(&v);
-        if let Some(e) = first.get("error") {
+        if let Some(e) = first.get("error").filter(|e| e.get("code").is_some()) {
             return format!(
                 " JSON-RPC error {} \"{}\"",
                 e["code"],
