@@ -49,6 +49,8 @@ pub struct Record {
     pub request_id: String,
     pub start: Instant,
     pub upstream_ms: Option<u128>,
+    /// mcp-policy's verdict: JSON-RPC method, tool/resource/prompt, allowed.
+    pub mcp: Option<(String, Option<String>, bool)>,
 }
 
 impl Record {
@@ -85,7 +87,7 @@ impl Record {
     }
 
     pub fn json(&self, bytes: u64) -> String {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "route": self.route.as_deref(),
             "service": self.service.as_deref(),
@@ -98,6 +100,11 @@ impl Record {
             "client_ip": self.client_ip.to_string(),
             "request_id": self.request_id,
         });
+        if let Some((method, name, allowed)) = &self.mcp {
+            v["mcp_method"] = method.as_str().into();
+            v["mcp_name"] = name.as_deref().into();
+            v["mcp_decision"] = if *allowed { "allowed" } else { "denied" }.into();
+        }
         let mut s = v.to_string();
         s.push('\n');
         s
@@ -189,6 +196,34 @@ impl HttpBody for LoggedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_line_carries_the_mcp_verdict() {
+        let mut r = Record {
+            format: Format::Json,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            remote_user: None,
+            method: "POST".into(),
+            target: "/mcp".into(),
+            version: "HTTP/1.1",
+            status: 200,
+            referer: None,
+            user_agent: None,
+            route: None,
+            service: None,
+            request_id: "r".into(),
+            start: Instant::now(),
+            upstream_ms: None,
+            mcp: None,
+        };
+        let plain: serde_json::Value = serde_json::from_str(&r.json(0)).unwrap();
+        assert!(plain.get("mcp_method").is_none());
+        r.mcp = Some(("tools/call".into(), Some("execute_sql".into()), false));
+        let v: serde_json::Value = serde_json::from_str(&r.json(0)).unwrap();
+        assert_eq!(v["mcp_method"], "tools/call");
+        assert_eq!(v["mcp_name"], "execute_sql");
+        assert_eq!(v["mcp_decision"], "denied");
+    }
 
     #[test]
     fn escaping() {

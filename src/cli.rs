@@ -362,9 +362,21 @@ pub fn explain(
     flag: Option<String>,
     headers: &[String],
     client_ip: std::net::IpAddr,
+    body: Option<&str>,
     method: &str,
     url: &str,
 ) -> ExitCode {
+    let body = match body.map(|b| match b.strip_prefix('@') {
+        Some(path) => std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}")),
+        None => Ok(b.as_bytes().to_vec()),
+    }) {
+        None => None,
+        Some(Ok(b)) => Some(bytes::Bytes::from(b)),
+        Some(Err(e)) => {
+            eprintln!("portcullis explain: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let method = match http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
         Ok(m) => m,
         Err(_) => {
@@ -421,6 +433,7 @@ pub fn explain(
         uri,
         headers: map,
         client_ip,
+        body,
     };
     print!("{}", rt.block_on(crate::explain::explain(&snap, &req)));
     ExitCode::SUCCESS

@@ -19,6 +19,8 @@ pub struct Request {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub client_ip: IpAddr,
+    /// The request body (`--body`), for plugins that read it (mcp-policy).
+    pub body: Option<bytes::Bytes>,
 }
 
 /// Parses `-H 'Name: value'` arguments.
@@ -145,11 +147,13 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
     let mut auth = AuthState::default();
     let mut overrides = crate::plugins::UpstreamOverrides::default();
     let mut extensions = http::Extensions::new();
+    let mut body = req.body.clone();
+    let mut mcp = None;
     let mut ctx = RequestCtx {
         method: &req.method,
         uri: &mut uri,
         headers: &mut headers,
-        body: None,
+        body: body.as_mut(),
         client_ip: req.client_ip,
         request_id: "explain",
         consumers: &snap.consumers,
@@ -158,6 +162,7 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
         upstream: &mut overrides,
         service: route.service.map(|s| cfg.services[s].id.as_str()),
         extensions: &mut extensions,
+        mcp: &mut mcp,
     };
     let _ = writeln!(out, "plugins (in execution order):");
     if compiled.chain.is_empty() {
@@ -282,10 +287,19 @@ fn summarize(body: &str) -> String {
     if body.is_empty() {
         return String::new();
     }
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body)
-        && let Some(m) = v.get("message").and_then(|m| m.as_str())
-    {
-        return format!(" \"{m}\"");
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
+        if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
+            return format!(" \"{m}\"");
+        }
+        // A JSON-RPC error (mcp-policy), or a batch of them.
+        let first = v.as_array().and_then(|a| a.first()).unwrap_or(&v);
+        if let Some(e) = first.get("error").filter(|e| e.get("code").is_some()) {
+            return format!(
+                " JSON-RPC error {} \"{}\"",
+                e["code"],
+                e["message"].as_str().unwrap_or("")
+            );
+        }
     }
     let first = body.lines().next().unwrap_or("");
     let short: String = first.chars().take(80).collect();

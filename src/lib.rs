@@ -5,6 +5,7 @@
 //! - `snapshot`: the immutable compiled config a request reads
 //! - `path`, `router`: Kong's path normalisation, strip_path joins and route matching
 //! - `plugins`: the closed plugin enum and one file per plugin (`cors`, `ipset` hold their cores)
+//! - `mcp`: JSON-RPC/MCP reading for `mcp-policy`, and its list-result filter (JSON and SSE)
 //! - `jwks`: an authorization server's signing keys, fetched and cached for `oauth2-resource`
 //! - `proxy`: the life of one request; `upstream`: pooled clients, retries, error classes
 //! - `error`: every gateway-made response; `access_log`: combined/JSON lines
@@ -31,6 +32,7 @@ pub mod idle_timeout;
 pub mod ipset;
 pub mod jwks;
 pub mod lua;
+pub mod mcp;
 pub mod metrics;
 pub mod path;
 pub mod plugins;

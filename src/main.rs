@@ -57,6 +57,9 @@ struct ExplainArgs {
     /// The client address plugins such as ip-restriction see.
     #[arg(long, default_value = "127.0.0.1")]
     client_ip: std::net::IpAddr,
+    /// Request body (mcp-policy judges it), e.g. -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_sql"}}'; @FILE reads a file.
+    #[arg(short = 'd', long = "body")]
+    body: Option<String>,
     /// HTTP method, e.g. GET.
     method: String,
     /// The URL as the client would send it, e.g. http://localhost:8000/mcp
@@ -138,9 +141,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(a) => cli::check(a.config),
         Command::Health(a) => cli::health(&a.status_listen, a.timeout_ms),
-        Command::Explain(a) => {
-            cli::explain(a.config.config, &a.headers, a.client_ip, &a.method, &a.url)
-        }
+        Command::Explain(a) => cli::explain(
+            a.config.config,
+            &a.headers,
+            a.client_ip,
+            a.body.as_deref(),
+            &a.method,
+            &a.url,
+        ),
         Command::Run(a) => {
             let workers = match cli::parse_workers(non_empty(a.workers).as_deref()) {
                 Ok(n) => n,

@@ -18,6 +18,11 @@
 //! | `portcullis_config_reloads_total` | counter | `outcome` (`reloaded`, `unchanged`, `failed`) |
 //! | `portcullis_config_generation` | gauge | |
 //! | `portcullis_draining` | gauge | |
+//! | `portcullis_mcp_requests_total` | counter | `route`, `method`, `name`, `decision` (`allowed`, `denied`) |
+//!
+//! `portcullis_mcp_requests_total` counts each JSON-RPC message mcp-policy judged (a
+//! batch counts each). Its labels come from clients, so they are bounded: methods
+//! outside MCP's own set, and names beyond the first 1000 seen, are counted as `_other`.
 
 use crate::error::GatewayError;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -65,6 +70,44 @@ struct ListenerLabels {
 struct ReasonLabels {
     reason: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct McpLabels {
+    route: String,
+    method: &'static str,
+    name: String,
+    decision: &'static str,
+}
+
+/// The JSON-RPC methods of MCP (2024-11-05 … 2026-07-28) that get their own label.
+const MCP_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "subscriptions/listen",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
+
+/// Distinct names `portcullis_mcp_requests_total` labels before using `_other`.
+const MCP_NAMES_MAX: usize = 1000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -122,6 +165,8 @@ pub struct Metrics {
     ratelimit_redis_errors: Counter,
     generation: Gauge,
     draining: Gauge,
+    mcp: Family<McpLabels, Counter>,
+    mcp_names: RwLock<std::collections::HashSet<String>>,
     /// route name → service name → handles, so the hot path allocates nothing.
     routes: RwLock<HashMap<String, HashMap<String, Arc<RouteHandles>>>>,
 }
@@ -153,6 +198,7 @@ impl Metrics {
         let generation = Gauge::default();
         let draining = Gauge::default();
         let ratelimit_redis_errors = Counter::default();
+        let mcp = Family::<McpLabels, Counter>::default();
         registry.register(
             "http_requests",
             "Requests answered, by route, service and status class (route and service are empty when no route matched)",
@@ -210,8 +256,15 @@ impl Metrics {
             "1 while shutting down (no new connections; in-flight requests finishing)",
             draining.clone(),
         );
+        registry.register(
+            "mcp_requests",
+            "JSON-RPC messages judged by mcp-policy, by route, method, tool/resource/prompt name and decision",
+            mcp.clone(),
+        );
         Metrics {
             registry,
+            mcp,
+            mcp_names: RwLock::new(Default::default()),
             requests,
             latency,
             upstream_latency,
@@ -293,6 +346,53 @@ impl Metrics {
     /// The counter of Redis failures, for rate-limiting's shared state to increment.
     pub fn ratelimit_redis_errors(&self) -> Counter {
         self.ratelimit_redis_errors.clone()
+    }
+
+    /// Counts mcp-policy's verdicts on one request's messages.
+    pub fn mcp(&self, route: &str, ex: &crate::mcp::Exchange) {
+        for c in &ex.calls {
+            let Some(m) = c.method.as_deref() else {
+                continue;
+            };
+            let method = MCP_METHODS
+                .iter()
+                .find(|k| **k == m)
+                .copied()
+                .unwrap_or("_other");
+            let name = match &c.target {
+                None => String::new(),
+                Some((_, n)) => self.mcp_name(n),
+            };
+            self.mcp
+                .get_or_create(&McpLabels {
+                    route: route.to_string(),
+                    method,
+                    name,
+                    decision: if c.allowed() { "allowed" } else { "denied" },
+                })
+                .inc();
+        }
+    }
+
+    /// `name`, or `_other` once the label set is full.
+    fn mcp_name(&self, name: &str) -> String {
+        if self
+            .mcp_names
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(name)
+        {
+            return name.to_string();
+        }
+        let mut names = self
+            .mcp_names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if names.contains(name) || names.len() < MCP_NAMES_MAX {
+            names.insert(name.to_string());
+            return name.to_string();
+        }
+        "_other".into()
     }
 
     pub fn set_draining(&self, on: bool) {

@@ -264,6 +264,7 @@ pub async fn handle(
             request_id: request_id.to_string(),
             start,
             upstream_ms: None,
+            mcp: None,
         })
     });
 
@@ -335,6 +336,7 @@ pub async fn handle(
         r.route = info.route;
         r.service = info.service;
         r.upstream_ms = info.upstream_ms;
+        r.mcp = info.mcp;
     }
     resp.map(|b| LoggedBody::new(b, record, finish))
 }
@@ -357,6 +359,8 @@ struct Info {
     metrics: Option<Arc<crate::metrics::RouteHandles>>,
     /// Response headers plugins set in the access phase.
     response_headers: Option<crate::plugins::ResponseHeaders>,
+    /// mcp-policy: method, tool/resource/prompt name, allowed.
+    mcp: Option<(String, Option<String>, bool)>,
 }
 
 struct Exchange<'a> {
@@ -525,6 +529,7 @@ impl Exchange<'_> {
         let mut auth = AuthState::default();
         let mut overrides = crate::plugins::UpstreamOverrides::default();
         let mut answer: Option<Flow> = None;
+        let mut mcp: Option<crate::mcp::Exchange> = None;
         {
             let mut ctx = RequestCtx {
                 method: &method,
@@ -541,6 +546,7 @@ impl Exchange<'_> {
                     .service
                     .map(|s| self.snap.config.services[s].id.as_str()),
                 extensions: &mut parts.extensions,
+                mcp: &mut mcp,
             };
             let mut last: Option<&'static str> = None;
             for link in chain {
@@ -568,6 +574,13 @@ impl Exchange<'_> {
         }
         let consumer = auth.consumer;
         info.response_headers = parts.extensions.remove::<crate::plugins::ResponseHeaders>();
+        // mcp-policy's verdicts: counted now, logged with the request.
+        if let Some(ex) = &mcp {
+            self.gw.metrics.mcp(&compiled.name, ex);
+            info.mcp = ex
+                .summary()
+                .map(|(m, n, ok)| (m.into(), n.map(Into::into), ok));
+        }
         match answer {
             None | Some(Flow::Continue) => {}
             Some(Flow::Wait(_)) => {
@@ -759,9 +772,13 @@ impl Exchange<'_> {
                 };
                 rparts.headers.insert(header::VIA, via);
                 run_header_filters(chain, consumer, &method, &req_headers, &mut rparts.headers);
-                let body = rbody
+                let mut body = rbody
                     .map_err(|e| Box::new(e) as crate::body::BoxError)
                     .boxed();
+                // Body filter (mcp-policy's list results); None for every other route.
+                if let Some(f) = mcp.and_then(|e| e.filter) {
+                    body = crate::mcp::filter_response(f, &mut rparts, body);
+                }
                 (Response::from_parts(rparts, body), info)
             }
             Err((kind, err)) => {

@@ -303,6 +303,7 @@ async fn explain_names_the_expression_and_why_it_wins() {
         uri: "/rest/v1/?select=x".parse().unwrap(),
         headers: http::HeaderMap::new(),
         client_ip: "127.0.0.1".parse().unwrap(),
+        body: None,
     };
     let out = portcullis::explain::explain(&snap, &req).await;
     assert!(

@@ -58,6 +58,7 @@ impl Req {
             upstream: &mut self.upstream,
             service: None,
             extensions: &mut self.extensions,
+            mcp: &mut None,
         };
         f(&mut ctx)
     }

@@ -14,6 +14,7 @@ pub mod functions;
 pub mod ip_restriction;
 pub mod key_auth;
 pub mod mcp_origin;
+pub mod mcp_policy;
 pub mod oauth2_resource;
 pub mod rate_limiting;
 pub mod request_termination;
@@ -43,6 +44,7 @@ pub enum Plugin {
     McpOrigin(mcp_origin::McpOrigin),
     OAuth2Resource(oauth2_resource::OAuth2Resource),
     RateLimiting(rate_limiting::RateLimiting),
+    McpPolicy(mcp_policy::McpPolicy),
 }
 
 /// What a plugin's access phase decides.
@@ -78,6 +80,8 @@ pub struct AuthState {
     /// The credential's identifier (key-auth: credential id; basic-auth: username).
     /// None with a consumer = the anonymous consumer.
     pub credential: Option<String>,
+    /// The scopes of a bearer token that oauth2-resource accepted (mcp-policy reads them).
+    pub scopes: Vec<String>,
 }
 
 /// The request as plugins see and change it. Changes to `headers`, `uri` and `body`
@@ -102,6 +106,8 @@ pub struct RequestCtx<'a> {
     /// Per-request plugin state (Kong's `ngx.ctx`), e.g. what a `Flow::Wait` fetched;
     /// [`ResponseHeaders`] found here at the end of the access phase go on the response.
     pub extensions: &'a mut http::Extensions,
+    /// What mcp-policy judged (log, metrics) and what the response phase must filter.
+    pub mcp: &'a mut Option<crate::mcp::Exchange>,
 }
 
 /// Headers a plugin sets on the response from the access phase (Kong's
@@ -180,6 +186,7 @@ pub fn decode(
             oauth2_resource::decode(config, name_pos, ctx).map(Plugin::OAuth2Resource)
         }
         "rate-limiting" => rate_limiting::decode(config, name_pos, ctx).map(Plugin::RateLimiting),
+        "mcp-policy" => mcp_policy::decode(config, name_pos, ctx).map(Plugin::McpPolicy),
         other if KNOWN_UNSUPPORTED.contains(&other) => {
             ctx.err(
                 name_pos,
@@ -216,6 +223,7 @@ impl Plugin {
             Plugin::McpOrigin(_) => "mcp-origin",
             Plugin::OAuth2Resource(_) => "oauth2-resource",
             Plugin::RateLimiting(_) => "rate-limiting",
+            Plugin::McpPolicy(_) => "mcp-policy",
         }
     }
 
@@ -239,6 +247,10 @@ impl Plugin {
             Plugin::OAuth2Resource(_) => 1300,
             // After the auth plugins and acl (950), before request-transformer (801).
             Plugin::RateLimiting(_) => 910,
+            // After authentication (it reads the consumer and the token's scopes) and
+            // acl (950); before rate-limiting (910), so refused calls cost no quota, and
+            // request-transformer (801), so it judges the client's own body.
+            Plugin::McpPolicy(_) => 920,
         }
     }
 
@@ -258,6 +270,7 @@ impl Plugin {
             | Plugin::RequestTermination(_)
             | Plugin::RequestTransformer(_)
             | Plugin::RateLimiting(_) => true,
+            Plugin::McpPolicy(_) => true,
         }
     }
 
@@ -267,6 +280,7 @@ impl Plugin {
             Plugin::KeyAuth(k) => k.key_in_body,
             Plugin::RequestTransformer(t) => t.needs_body(),
             Plugin::PreFunction(f) | Plugin::PostFunction(f) => f.needs_body(),
+            Plugin::McpPolicy(_) => true,
             Plugin::Cors(_)
             | Plugin::BasicAuth(_)
             | Plugin::IpRestriction(_)
@@ -291,6 +305,7 @@ impl Plugin {
             Plugin::McpOrigin(p) => p.access(req),
             Plugin::OAuth2Resource(p) => p.access(req),
             Plugin::RateLimiting(p) => p.access(req),
+            Plugin::McpPolicy(p) => p.access(req),
         }
     }
 
@@ -309,6 +324,7 @@ impl Plugin {
             | Plugin::McpOrigin(_)
             | Plugin::OAuth2Resource(_)
             | Plugin::RateLimiting(_) => false,
+            Plugin::McpPolicy(_) => false,
         }
     }
 
@@ -328,6 +344,7 @@ impl Plugin {
             | Plugin::McpOrigin(_)
             | Plugin::OAuth2Resource(_)
             | Plugin::RateLimiting(_) => {}
+            Plugin::McpPolicy(_) => {}
         }
     }
 
@@ -364,6 +381,7 @@ impl Plugin {
             Plugin::McpOrigin(_) => "allows the Origin (or none was sent)".into(),
             Plugin::OAuth2Resource(p) => p.explain(),
             Plugin::RateLimiting(p) => p.explain(),
+            Plugin::McpPolicy(p) => p.explain(req),
         }
     }
 }

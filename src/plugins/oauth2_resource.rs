@@ -506,6 +506,8 @@ impl OAuth2Resource {
             )));
         }
         let sub = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("");
+        // For later plugins (mcp-policy's scope sets).
+        req.auth.scopes = granted.iter().map(|s| s.to_string()).collect();
 
         // No token passthrough: the upstream never sees the client's credentials.
         req.headers.remove(header::AUTHORIZATION);
