@@ -165,12 +165,20 @@ impl<S: Read + Unpin> Read for IdleTimeout<S> {
 }
 
 impl<S: Write + Unpin> IdleTimeout<S> {
-    fn wrote<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    /// After a write or flush: `sent` says whether request bytes went out, which
+    /// restarts the read clock (a flush with nothing buffered is no progress).
+    fn wrote<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+        sent: impl Fn(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
         match r {
             Poll::Ready(r) => {
                 self.write.progress();
-                // Sending restarts the read clock.
-                self.read.progress();
+                if r.as_ref().is_ok_and(|v| sent(v)) {
+                    self.read.progress();
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => self.write.poll_wait(cx, "write").map(Err),
@@ -185,7 +193,7 @@ impl<S: Write + Unpin> Write for IdleTimeout<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.wrote(cx, r)
+        self.wrote(cx, r, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -194,7 +202,7 @@ impl<S: Write + Unpin> Write for IdleTimeout<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.wrote(cx, r)
+        self.wrote(cx, r, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -203,12 +211,12 @@ impl<S: Write + Unpin> Write for IdleTimeout<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.wrote(cx, r)
+        self.wrote(cx, r, |_| false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.wrote(cx, r)
+        self.wrote(cx, r, |_| false)
     }
 }
 
@@ -246,6 +254,30 @@ mod tests {
         let mut buf = [0u8; 8];
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flushing_nothing_does_not_postpone_a_read_timeout() {
+        let (io, _peer) = pair().await;
+        let mut io = io.into_inner();
+        let started = Instant::now();
+        // hyper's dispatch loop flushes (nothing) and reads on every wake-up: the read
+        // still times out 200 ms after it began waiting.
+        let wait = std::future::poll_fn(|cx| {
+            let _ = Pin::new(&mut io).poll_flush(cx);
+            let mut buf = [0u8; 8];
+            let mut rb = hyper::rt::ReadBuf::new(&mut buf);
+            match Pin::new(&mut io).poll_read(cx, rb.unfilled()) {
+                Poll::Ready(Err(e)) => Poll::Ready(e),
+                Poll::Ready(Ok(())) => panic!("nothing was sent"),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        let err = tokio::time::timeout(Duration::from_secs(2), wait)
+            .await
+            .expect("the read never timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_millis(300));
     }
 
     #[tokio::test(start_paused = true)]
