@@ -53,8 +53,12 @@ fn addr_after(lines: &[String], marker: &str) -> Option<SocketAddr> {
 /// Starts `portcullis run` (with `--config config` if given, in `cwd`) and waits,
 /// bounded, for both listeners to be logged.
 async fn start(config: Option<&Path>, cwd: &Path) -> Proc {
+    start_with(config, cwd, &[]).await
+}
+
+async fn start_with(config: Option<&Path>, cwd: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.arg("run");
+    cmd.arg("run").args(extra);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
@@ -766,7 +770,9 @@ async fn upstream_pool_survives_reload() {
     }
     let up = test_upstream().await;
     let s = setup(&cfg(up.addr, &["/v1"]));
-    let gw = start(Some(&s.config), s.dir.path()).await;
+    // Pools are per worker thread (each client connection lands on one worker): one
+    // worker, so every request shares the same pool.
+    let gw = start_with(Some(&s.config), s.dir.path(), &["--workers", "1"]).await;
     let before = conn_ids(gw.proxy, 3).await;
     assert!(
         before.iter().all(|id| *id == before[0]),
