@@ -27,6 +27,21 @@ impl Template {
     pub fn is_lua(&self) -> bool {
         matches!(self, Template::Lua(_))
     }
+
+    /// Whether `self` and `other` are one compiled Lua template.
+    pub fn same(&self, other: &Template) -> bool {
+        match (self, other) {
+            (Template::Lua(a), Template::Lua(b)) => std::sync::Arc::ptr_eq(&a.0, &b.0),
+            _ => false,
+        }
+    }
+
+    /// Whether rendering it twice on the same request may give two values: only
+    /// through `shared` (kong.ctx.shared can hold a pre-function's closures); the
+    /// rest of the template environment is read-only data and pure functions.
+    pub fn may_vary(&self) -> bool {
+        matches!(self, Template::Lua(c) if c.source().contains("shared"))
+    }
 }
 
 /// The Lua chunk for a template, or None when it has no `$( ... )` (a constant).
