@@ -235,6 +235,7 @@ struct Engine {
     request_keys: [mlua::LuaString; 2],
     template_meta: Table,
     tostring: Function,
+    fresh: Function,
     current: Table,
     /// The request the per-request tables belong to; lent to `ReqState` during calls.
     request: String,
@@ -288,6 +289,7 @@ impl Engine {
             request_keys,
             template_meta,
             tostring,
+            fresh: installed.fresh,
             current: installed.current,
             request: String::new(),
             cache: HashMap::new(),
@@ -322,6 +324,8 @@ impl Engine {
             Kind::Template => {
                 let env = self.lua.create_table().map_err(|e| err(&e))?;
                 env.raw_set("__tostring", self.tostring.clone())
+                    .map_err(|e| err(&e))?;
+                env.raw_set("__fresh", self.fresh.clone())
                     .map_err(|e| err(&e))?;
                 env.set_metatable(Some(self.template_meta.clone()))
                     .map_err(|e| err(&e))?;

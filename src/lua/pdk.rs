@@ -56,6 +56,8 @@ pub(crate) struct Slot(pub Option<ReqState>);
 
 pub(crate) struct Installed {
     pub new_env: Function,
+    /// Called first by every template (see `template::to_lua`).
+    pub fresh: Function,
     pub tenv: Table,
     pub current: Table,
 }
@@ -175,7 +177,24 @@ end
 -- `shared` (kong.ctx.shared), and views of the request: `headers`, `query_params` and
 -- `uri_captures` are tables made once per VM whose lookups read the current request
 -- (Rust keeps what a plugin run has read), so a template builds no table per request.
-local headers_view = setmetatable({}, { __index = P.header_view })
+-- Within one render each header is looked up in Rust once (nothing can change the
+-- request while a template runs); `fresh`, which every template calls first, forgets.
+local NONE = {}
+local hcache = {}
+local header_lookup = P.header_view
+local headers_view = setmetatable({}, { __index = function(_, k)
+  if type(k) ~= "string" then return nil end
+  local v = hcache[k]
+  if v == nil then
+    v = header_lookup(k)
+    if v == nil then v = NONE end
+    hcache[k] = v
+  end
+  if v ~= NONE then return v end
+end })
+local function fresh()
+  for k in next, hcache do hcache[k] = nil end
+end
 local query_view = setmetatable({}, { __index = P.query_view })
 local captures_view = setmetatable({}, { __index = P.captures_view })
 local tenv = setmetatable({ type = type, require = denied_require }, {
@@ -188,7 +207,7 @@ local tenv = setmetatable({ type = type, require = denied_require }, {
   __newindex = function() error("This environment is read-only.", 2) end,
 })
 
-return new_env, tenv, current, header_mt
+return new_env, tenv, current, header_mt, fresh
 "##;
 
 pub(crate) fn install(lua: &Lua, flags: &Rc<Flags>) -> mlua::Result<Installed> {
@@ -202,11 +221,12 @@ pub(crate) fn install(lua: &Lua, flags: &Rc<Flags>) -> mlua::Result<Installed> {
         .load(SETUP)
         .set_name("=portcullis.sandbox")
         .into_function()?;
-    let (new_env, tenv, current, header_mt): (Function, Table, Table, Table) =
+    let (new_env, tenv, current, header_mt, fresh): (Function, Table, Table, Table, Function) =
         setup.call((p, aborted))?;
     lua.set_named_registry_value(REG_HEADER_MT, header_mt)?;
     Ok(Installed {
         new_env,
+        fresh,
         tenv,
         current,
     })
@@ -569,7 +589,7 @@ fn register(lua: &Lua, p: &Table, flags: &Rc<Flags>) -> mlua::Result<()> {
     });
 
     // ---- request-transformer's template views
-    def!("header_view", |lua, (_view, key): (Value, Value)| {
+    def!("header_view", |lua, key: Value| {
         let Value::String(key) = key else {
             return Ok(Value::Nil);
         };
