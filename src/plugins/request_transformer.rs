@@ -223,8 +223,9 @@ impl RequestTransformer {
     fn transform_headers(&self, s: &mut Session<'_, '_>) -> Result<(), LuaError> {
         // Kong renders against the headers as they were and applies its header table
         // at the end; so every value is rendered first, then the operations change the
-        // request's headers in place (Host aside: Kong's table has none, so remove and
-        // rename never touch it and only an explicit Host value replaces it). The
+        // request's headers in place (Host aside: Kong's table has none, so remove never
+        // touches it, rename only moves one an earlier rename put there, and only a Host
+        // value given by the config replaces it). The
         // same template in two entries (Supabase's add and replace of
         // Authorization) renders once: nothing changes between the two renders.
         let sets = [
@@ -262,7 +263,8 @@ impl RequestTransformer {
             }
         }
         for (old, new) in &self.rename.headers {
-            if old == new || *old == HOST {
+            // Kong's table holds a Host only once a rename has put one there.
+            if old == new || (*old == HOST && new_host.is_none()) {
                 continue;
             }
             let Some(found) = lookup(w, old) else {
