@@ -22,6 +22,11 @@
 //! errors and the sandbox's `pcall`/`xpcall`/`coroutine.resume` re-raise, so even
 //! `while true do pcall(f) end` ends. The VM has a memory limit, and a VM left near it
 //! is rebuilt. A failing call is an error for the caller (a 500), never a panic.
+//!
+//! Why PUC Lua 5.1 and not LuaJIT: with mlua's `luajit` feature the memory limit works
+//! (GC64 takes mlua's allocator), but the instruction budget needs the JIT off (hooks
+//! do not run inside compiled traces), and then the Supabase chain measured no faster
+//! (`benches/chain.rs`): a template's cost is the Rust/Lua boundary, not the bytecode.
 
 pub mod args;
 mod pdk;
