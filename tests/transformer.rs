@@ -343,6 +343,44 @@ async fn templates_read_headers_query_and_shared() {
     assert_eq!(all(&j, "x-literal"), ["$(not evaluated)"]);
 }
 
+/// Kong renders every entry's template (the same source in `replace` and `add` twice)
+/// against the headers as the run first read them, even after its header operations.
+#[tokio::test]
+async fn templates_render_per_entry_against_the_headers_as_they_were() {
+    let up = body_echo().await;
+    let plugins = r#"      - name: pre-function
+        config:
+          access:
+            - local n = 0 kong.ctx.shared.next = function() n = n + 1 return n end
+      - name: request-transformer
+        config:
+          rename:
+            headers: ["x-a:x-b"]
+          replace:
+            headers: ["x-n:$(shared.next())", "authorization:$(headers['x-a'])"]
+          add:
+            headers: ["x-n:$(shared.next())", "x-seen:$(headers['x-a'])"]
+            querystring: ["seen:$(headers['x-a'] or 'renamed')"]
+"#;
+    let g = gateway(&cfg(&route("t", up, "/t", plugins))).await;
+    let j = send(
+        g.addr,
+        "GET",
+        "/t",
+        &[("x-a", "va"), ("authorization", "old")],
+        b"",
+    )
+    .await
+    .json();
+    // replace rendered 1 (no x-n to replace), add rendered 2 and set it.
+    assert_eq!(all(&j, "x-n"), ["2"]);
+    assert_eq!(all(&j, "x-b"), ["va"]);
+    assert!(j["headers"]["x-a"].is_null(), "{j}");
+    assert_eq!(all(&j, "authorization"), ["va"]);
+    assert_eq!(all(&j, "x-seen"), ["va"]);
+    assert_eq!(j["path"], "/?seen=va");
+}
+
 // ------------------------------------------------------------------ Supabase
 
 const ANON_JWT: &str = "eyJhbGciOiJFUzI1NiJ9.anon-asym.sig";

@@ -22,6 +22,11 @@
 //! errors and the sandbox's `pcall`/`xpcall`/`coroutine.resume` re-raise, so even
 //! `while true do pcall(f) end` ends. The VM has a memory limit, and a VM left near it
 //! is rebuilt. A failing call is an error for the caller (a 500), never a panic.
+//!
+//! Why PUC Lua 5.1 and not LuaJIT: with mlua's `luajit` feature the memory limit works
+//! (GC64 takes mlua's allocator), but the instruction budget needs the JIT off (hooks
+//! do not run inside compiled traces), and then the Supabase chain measured no faster
+//! (`benches/chain.rs`): a template's cost is the Rust/Lua boundary, not the bytecode.
 
 pub mod args;
 mod pdk;
@@ -36,7 +41,7 @@ use crate::plugins::RequestCtx;
 use crate::router::Captures;
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
-use pdk::ReqState;
+use pdk::{ReqState, Slot, TemplateRun};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
@@ -52,9 +57,6 @@ const BUDGET_TICKS: u32 = 1000;
 pub const BUDGET_INSTRUCTIONS: u64 = HOOK_EVERY as u64 * BUDGET_TICKS as u64;
 /// Memory limit of one thread's VM (all chunks and their data).
 pub const MEMORY_LIMIT: usize = 64 << 20;
-
-/// Keys of the template environment that are loaded per plugin run.
-const TEMPLATE_KEYS: [&str; 4] = ["headers", "query_params", "uri_captures", "shared"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -234,10 +236,13 @@ struct Engine {
     lua: Lua,
     flags: Rc<Flags>,
     new_env: Function,
-    tenv: Table,
+    /// "shared" and "ngx_ctx": the per-request tables' keys in `current`.
+    request_keys: [mlua::LuaString; 2],
     template_meta: Table,
     tostring: Function,
+    fresh: Function,
     current: Table,
+    /// The request the per-request tables belong to; lent to `ReqState` during calls.
     request: String,
     cache: HashMap<u64, Cached>,
     sweep_at: usize,
@@ -280,13 +285,16 @@ impl Engine {
         let template_meta = lua.create_table()?;
         template_meta.raw_set("__index", installed.tenv.clone())?;
         let tostring: Function = lua.globals().raw_get("tostring")?;
+        lua.set_app_data(Slot::default());
+        let request_keys = [lua.create_string("shared")?, lua.create_string("ngx_ctx")?];
         Ok(Engine {
             lua,
             flags,
             new_env: installed.new_env,
-            tenv: installed.tenv,
+            request_keys,
             template_meta,
             tostring,
+            fresh: installed.fresh,
             current: installed.current,
             request: String::new(),
             cache: HashMap::new(),
@@ -295,17 +303,19 @@ impl Engine {
         })
     }
 
-    /// Per plugin run: fresh lazy template values (Kong builds `template_env` per
-    /// run); per request: fresh `kong.ctx.shared` and `ngx.ctx`.
+    /// Per request: fresh `kong.ctx.shared` and `ngx.ctx` (made on first use, so
+    /// only a request that used them has any to drop). A plugin run's template state
+    /// lives in its `Session`.
     fn begin(&mut self, request_id: &str) -> mlua::Result<()> {
-        for k in TEMPLATE_KEYS {
-            self.tenv.raw_set(k, Value::Nil)?;
-        }
         if self.request != request_id {
             self.request.clear();
             self.request.push_str(request_id);
-            self.current.raw_set("shared", self.lua.create_table()?)?;
-            self.current.raw_set("ngx_ctx", self.lua.create_table()?)?;
+            for k in &self.request_keys {
+                // A raw_get costs far less than a (memory-checked) raw_set.
+                if !matches!(self.current.raw_get::<Value>(k)?, Value::Nil) {
+                    self.current.raw_set(k, Value::Nil)?;
+                }
+            }
         }
         Ok(())
     }
@@ -319,6 +329,8 @@ impl Engine {
             Kind::Template => {
                 let env = self.lua.create_table().map_err(|e| err(&e))?;
                 env.raw_set("__tostring", self.tostring.clone())
+                    .map_err(|e| err(&e))?;
+                env.raw_set("__fresh", self.fresh.clone())
                     .map_err(|e| err(&e))?;
                 env.set_metatable(Some(self.template_meta.clone()))
                     .map_err(|e| err(&e))?;
@@ -373,8 +385,8 @@ pub struct Session<'s, 'c> {
     engine: Option<&'s mut Engine>,
     pub ctx: &'s mut RequestCtx<'c>,
     plugin: &'static str,
-    request_id: String,
     captures: Option<Captures>,
+    template: TemplateRun,
     exit: Option<http::Response<Body>>,
 }
 
@@ -391,8 +403,8 @@ pub fn session<R>(
             engine: None,
             ctx,
             plugin,
-            request_id: String::new(),
             captures: None,
+            template: TemplateRun::default(),
             exit: None,
         };
         return f(&mut s);
@@ -409,13 +421,12 @@ pub fn session<R>(
             return Err(LuaError::new("cannot start Lua"));
         };
         engine.begin(ctx.request_id).map_err(|e| err(&e))?;
-        let request_id = ctx.request_id.to_string();
         let mut s = Session {
             engine: Some(engine),
             ctx,
             plugin,
-            request_id,
             captures: None,
+            template: TemplateRun::default(),
             exit: None,
         };
         let out = f(&mut s);
@@ -444,6 +455,16 @@ impl Session<'_, '_> {
                     ))),
                 }
             }
+        }
+    }
+
+    /// Called before the plugin changes the request's headers when templates may
+    /// still render afterwards in this run: if a template has already read
+    /// `headers`, the later ones keep seeing them as they were (Kong loads the
+    /// template environment's `headers` once per run). Copies only in that case.
+    pub fn keep_template_headers(&mut self) {
+        if self.template.headers_read && self.template.headers.is_none() {
+            self.template.headers = Some(self.ctx.headers.clone());
         }
     }
 
@@ -484,9 +505,12 @@ impl Session<'_, '_> {
     /// Calls `func` with the request moved into the VM (cheap moves, no copies),
     /// within the instruction budget, and moves it back whatever happens.
     fn call(&mut self, func: &Function) -> Result<Value, LuaError> {
+        let Some(engine) = self.engine.as_deref_mut() else {
+            return Err(LuaError::new("Lua is not enabled for this plugin run"));
+        };
         let state = ReqState {
             plugin: self.plugin,
-            request_id: std::mem::take(&mut self.request_id),
+            request_id: std::mem::take(&mut engine.request),
             method: self.ctx.method.clone(),
             headers: std::mem::take(self.ctx.headers),
             uri: std::mem::take(self.ctx.uri),
@@ -498,14 +522,24 @@ impl Session<'_, '_> {
             upstream: std::mem::take(self.ctx.upstream),
             client_ip: self.ctx.client_ip,
             exit: None,
+            template: std::mem::take(&mut self.template),
         };
-        let Some(engine) = self.engine.as_deref_mut() else {
-            return Err(LuaError::new("Lua is not enabled for this plugin run"));
+        let unset = match engine.lua.app_data_mut::<Slot>() {
+            Some(mut slot) => {
+                slot.0 = Some(state);
+                None
+            }
+            None => Some(state),
         };
-        engine.lua.set_app_data(state);
+        if let Some(state) = unset {
+            engine.lua.set_app_data(Slot(Some(state)));
+        }
         engine.flags.reset();
         let result = func.call::<Value>(());
-        let back = engine.lua.remove_app_data::<ReqState>();
+        let back = engine
+            .lua
+            .app_data_mut::<Slot>()
+            .and_then(|mut slot| slot.0.take());
         let (exhausted, exited) = (engine.flags.exhausted.get(), engine.flags.exited.get());
         if let Err(mlua::Error::MemoryError(_)) = &result {
             engine.broken = true;
@@ -515,6 +549,7 @@ impl Session<'_, '_> {
                 "the request state was lost during a Lua call",
             ));
         };
+        engine.request = st.request_id;
         *self.ctx.headers = st.headers;
         *self.ctx.uri = st.uri;
         if let (Some(b), Some(nb)) = (self.ctx.body.as_deref_mut(), st.body) {
@@ -522,7 +557,7 @@ impl Session<'_, '_> {
         }
         *self.ctx.upstream = st.upstream;
         self.captures = Some(st.captures);
-        self.request_id = st.request_id;
+        self.template = st.template;
         if st.exit.is_some() {
             self.exit = st.exit;
         }

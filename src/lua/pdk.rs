@@ -1,8 +1,10 @@
 //! The Kong PDK subset and the sandbox environment, installed once per VM.
 //!
 //! While a chunk runs, the request lives in the VM's app data as a [`ReqState`]
-//! (moved in and out by `Session::call`), so the PDK functions are plain functions
-//! created once per VM: nothing is built per request but the tables a chunk asks for.
+//! (moved in and out of a [`Slot`] by `Session::call`), so the PDK functions are plain
+//! functions created once per VM: nothing is built per request but the tables a chunk
+//! asks for. Templates read headers through one view table per VM whose `__index`
+//! looks the name up in the request (no table of every header per request).
 
 use super::Flags;
 use super::args::{ArgValue, Args, escape_component, unescape_uri};
@@ -30,15 +32,36 @@ pub(crate) struct ReqState {
     pub client_ip: IpAddr,
     /// Set by `kong.response.exit` / `kong.response.error`.
     pub exit: Option<Response<Body>>,
+    /// What request-transformer templates have read in this plugin run.
+    pub template: TemplateRun,
 }
+
+/// The template environment's state for one plugin run (Kong builds `template_env`
+/// per run and loads each of its tables once, on first use).
+#[derive(Default)]
+pub(crate) struct TemplateRun {
+    /// A template has looked up a header.
+    pub headers_read: bool,
+    /// The headers as templates first read them, once the plugin has changed the
+    /// request's (see `Session::keep_template_headers`).
+    pub headers: Option<HeaderMap>,
+    /// The query arguments, parsed on first use.
+    pub query: Option<Args>,
+}
+
+/// The VM's app data: the request while a chunk runs, None otherwise. Set once per VM,
+/// so a call moves the request in and out without allocating.
+#[derive(Default)]
+pub(crate) struct Slot(pub Option<ReqState>);
 
 pub(crate) struct Installed {
     pub new_env: Function,
+    /// Called first by every template (see `template::to_lua`).
+    pub fresh: Function,
     pub tenv: Table,
     pub current: Table,
 }
 
-const REG_CURRENT: &str = "portcullis.current";
 const REG_HEADER_MT: &str = "portcullis.header_mt";
 
 /// Runs once per VM with the real globals (trusted code). It builds, from the Rust
@@ -79,7 +102,14 @@ local function group(prefix, names)
   return t
 end
 
-local current = {}
+-- Per request: `shared` (kong.ctx.shared) and `ngx_ctx` (ngx.ctx), made on first use.
+local current = setmetatable({}, { __index = function(t, k)
+  if k == "shared" or k == "ngx_ctx" then
+    local v = {}
+    rawset(t, k, v)
+    return v
+  end
+end })
 
 -- ngx.req.get_headers(): a miss retries lower-cased with `_` as `-`.
 local header_mt = { __index = function(t, k)
@@ -143,15 +173,41 @@ local function new_env()
   return env
 end
 
--- request-transformer's template environment: `headers`, `query_params`,
--- `uri_captures` and `shared` load lazily once per plugin run; `type` is there
--- because repeated headers are tables.
+-- request-transformer's template environment: `type` (repeated headers are tables),
+-- `shared` (kong.ctx.shared), and views of the request: `headers`, `query_params` and
+-- `uri_captures` are tables made once per VM whose lookups read the current request
+-- (Rust keeps what a plugin run has read), so a template builds no table per request.
+-- Within one render each header is looked up in Rust once (nothing can change the
+-- request while a template runs); `fresh`, which every template calls first, forgets.
+local NONE = {}
+local hcache = {}
+local header_lookup = P.header_view
+local headers_view = setmetatable({}, { __index = function(_, k)
+  if type(k) ~= "string" then return nil end
+  local v = hcache[k]
+  if v == nil then
+    v = header_lookup(k)
+    if v == nil then v = NONE end
+    hcache[k] = v
+  end
+  if v ~= NONE then return v end
+end })
+local function fresh()
+  for k in next, hcache do hcache[k] = nil end
+end
+local query_view = setmetatable({}, { __index = P.query_view })
+local captures_view = setmetatable({}, { __index = P.captures_view })
 local tenv = setmetatable({ type = type, require = denied_require }, {
-  __index = P.template_value,
+  __index = function(_, k)
+    if k == "headers" then return headers_view
+    elseif k == "query_params" then return query_view
+    elseif k == "uri_captures" then return captures_view
+    elseif k == "shared" then return current.shared end
+  end,
   __newindex = function() error("This environment is read-only.", 2) end,
 })
 
-return new_env, tenv, current, header_mt
+return new_env, tenv, current, header_mt, fresh
 "##;
 
 pub(crate) fn install(lua: &Lua, flags: &Rc<Flags>) -> mlua::Result<Installed> {
@@ -165,12 +221,12 @@ pub(crate) fn install(lua: &Lua, flags: &Rc<Flags>) -> mlua::Result<Installed> {
         .load(SETUP)
         .set_name("=portcullis.sandbox")
         .into_function()?;
-    let (new_env, tenv, current, header_mt): (Function, Table, Table, Table) =
+    let (new_env, tenv, current, header_mt, fresh): (Function, Table, Table, Table, Function) =
         setup.call((p, aborted))?;
-    lua.set_named_registry_value(REG_CURRENT, current.clone())?;
     lua.set_named_registry_value(REG_HEADER_MT, header_mt)?;
     Ok(Installed {
         new_env,
+        fresh,
         tenv,
         current,
     })
@@ -186,8 +242,9 @@ fn no_state() -> mlua::Error {
 
 /// Runs `f` on the request state.
 fn with<R>(lua: &Lua, f: impl FnOnce(&mut ReqState) -> mlua::Result<R>) -> mlua::Result<R> {
-    let mut st = lua.app_data_mut::<ReqState>().ok_or_else(no_state)?;
-    f(&mut st)
+    let mut slot = lua.app_data_mut::<Slot>().ok_or_else(no_state)?;
+    let st = slot.0.as_mut().ok_or_else(no_state)?;
+    f(st)
 }
 
 fn register(lua: &Lua, p: &Table, flags: &Rc<Flags>) -> mlua::Result<()> {
@@ -531,44 +588,100 @@ fn register(lua: &Lua, p: &Table, flags: &Rc<Flags>) -> mlua::Result<()> {
         lua.create_string(unescape_uri(&s.as_bytes()))
     });
 
-    // ---- request-transformer's lazy template values
-    def!("template_value", |lua, (t, key): (Table, Value)| {
+    // ---- request-transformer's template views
+    def!("header_view", |lua, key: Value| {
         let Value::String(key) = key else {
             return Ok(Value::Nil);
         };
-        let v = match &*key.as_bytes() {
-            b"headers" => {
-                let h = with(lua, |st| Ok(std::mem::take(&mut st.headers)))?;
-                let t = headers_table(lua, &h);
-                with(lua, |st| {
-                    st.headers = h;
-                    Ok(())
-                })?;
-                Value::Table(t?)
-            }
-            b"query_params" => {
-                let args = with(lua, |st| Ok(query_args(&st.uri)))?;
-                Value::Table(args_table(lua, &args)?)
-            }
-            b"uri_captures" => {
-                let caps = with(lua, |st| Ok(std::mem::take(&mut st.captures)))?;
-                let t = captures_table(lua, &caps);
-                with(lua, |st| {
-                    st.captures = caps;
-                    Ok(())
-                })?;
-                Value::Table(t?)
-            }
-            b"shared" => {
-                let current: Table = lua.named_registry_value(REG_CURRENT)?;
-                current.raw_get("shared")?
-            }
-            _ => return Ok(Value::Nil),
+        let key = key.as_bytes();
+        let mut slot = lua.app_data_mut::<Slot>().ok_or_else(no_state)?;
+        let st = slot.0.as_mut().ok_or_else(no_state)?;
+        st.template.headers_read = true;
+        let h = st.template.headers.as_ref().unwrap_or(&st.headers);
+        let Some(all) = header_view(h, &key) else {
+            return Ok(Value::Nil);
         };
-        t.raw_set(key, v.clone())?;
-        Ok(v)
+        let mut values = all.iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(Value::Nil),
+            (Some(one), None) => Ok(Value::String(lua.create_string(one.as_bytes())?)),
+            (Some(first), Some(second)) => {
+                let t = lua.create_table()?;
+                for v in [first, second].into_iter().chain(values) {
+                    t.raw_push(lua.create_string(v.as_bytes())?)?;
+                }
+                Ok(Value::Table(t))
+            }
+        }
+    });
+    def!("query_view", |lua, (_view, key): (Value, Value)| {
+        let Value::String(key) = key else {
+            return Ok(Value::Nil);
+        };
+        let mut slot = lua.app_data_mut::<Slot>().ok_or_else(no_state)?;
+        let st = slot.0.as_mut().ok_or_else(no_state)?;
+        let uri = &st.uri;
+        let args = st.template.query.get_or_insert_with(|| query_args(uri));
+        let one = |v: &ArgValue| -> mlua::Result<Value> {
+            Ok(match v {
+                ArgValue::Flag => Value::Boolean(true),
+                ArgValue::Str(s) => Value::String(lua.create_string(s)?),
+            })
+        };
+        match args.get(&key.as_bytes()).map(Vec::as_slice) {
+            None | Some([]) => Ok(Value::Nil),
+            Some([v]) => one(v),
+            Some(vals) => {
+                let t = lua.create_table_with_capacity(vals.len(), 0)?;
+                for v in vals {
+                    t.raw_push(one(v)?)?;
+                }
+                Ok(Value::Table(t))
+            }
+        }
+    });
+    def!("captures_view", |lua, (_view, key): (Value, Value)| {
+        let v = with(lua, |st| {
+            let c = &st.captures;
+            if c.numbered.len() <= 1 && c.named.is_empty() {
+                return Ok(None);
+            }
+            let index = match &key {
+                Value::Integer(i) => usize::try_from(*i).ok(),
+                Value::Number(n) if n.fract() == 0.0 && *n >= 0.0 => Some(*n as usize),
+                Value::String(name) => {
+                    let name = name.as_bytes();
+                    return Ok(c
+                        .named
+                        .iter()
+                        .find(|(k, _)| k.as_bytes() == &*name)
+                        .map(|(_, v)| v.clone()));
+                }
+                _ => None,
+            };
+            Ok(index.and_then(|i| c.numbered.get(i).cloned().flatten()))
+        })?;
+        v.map(|v| lua.create_string(v)).transpose()
     });
     Ok(())
+}
+
+/// What `headers[key]` finds in the table `ngx.req.get_headers()` returns (whose keys
+/// are the lower-case names): the key itself, else the key lower-cased with `_` as `-`.
+fn header_view<'h>(h: &'h HeaderMap, key: &[u8]) -> Option<http::header::GetAll<'h, HeaderValue>> {
+    let key = std::str::from_utf8(key).ok()?;
+    let upper = key.bytes().any(|b| b.is_ascii_uppercase());
+    if !upper {
+        let all = h.get_all(key);
+        if all.iter().next().is_some() {
+            return Some(all);
+        }
+        if !key.contains('_') {
+            return None;
+        }
+    }
+    let norm = key.to_ascii_lowercase().replace('_', "-");
+    Some(h.get_all(norm.as_str()))
 }
 
 // ------------------------------------------------------------------ helpers
@@ -831,24 +944,6 @@ fn args_table(lua: &Lua, args: &Args) -> mlua::Result<Table> {
     Ok(t)
 }
 
-/// Kong's `uri_captures`: `[0]` the whole match, `[1..]` the groups that
-/// participated, and the named groups; empty when the path had no group.
-fn captures_table(lua: &Lua, c: &Captures) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
-    if c.numbered.len() <= 1 && c.named.is_empty() {
-        return Ok(t);
-    }
-    for (i, v) in c.numbered.iter().enumerate() {
-        if let Some(v) = v {
-            t.raw_set(i, lua.create_string(v)?)?;
-        }
-    }
-    for (k, v) in &c.named {
-        t.raw_set(lua.create_string(k)?, lua.create_string(v)?)?;
-    }
-    Ok(t)
-}
-
 fn status_arg(v: &Value, min: u16) -> mlua::Result<StatusCode> {
     let n = match v {
         Value::Integer(i) => *i as f64,
@@ -1022,8 +1117,8 @@ fn concat(args: &[Value], sep: &str) -> String {
 
 fn log(lua: &Lua, level: i64, msg: &str) {
     let (plugin, rid) = lua
-        .app_data_ref::<ReqState>()
-        .map(|st| (st.plugin, st.request_id.clone()))
+        .app_data_ref::<Slot>()
+        .and_then(|slot| slot.0.as_ref().map(|st| (st.plugin, st.request_id.clone())))
         .unwrap_or(("lua", String::new()));
     match level {
         0..=4 => tracing::error!(plugin, request_id = %rid, "{msg}"),

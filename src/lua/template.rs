@@ -27,12 +27,28 @@ impl Template {
     pub fn is_lua(&self) -> bool {
         matches!(self, Template::Lua(_))
     }
+
+    /// Whether `self` and `other` are one compiled Lua template.
+    pub fn same(&self, other: &Template) -> bool {
+        match (self, other) {
+            (Template::Lua(a), Template::Lua(b)) => std::sync::Arc::ptr_eq(&a.0, &b.0),
+            _ => false,
+        }
+    }
+
+    /// Whether rendering it twice on the same request may give two values: only
+    /// through `shared` (kong.ctx.shared can hold a pre-function's closures); the
+    /// rest of the template environment is read-only data and pure functions.
+    pub fn may_vary(&self) -> bool {
+        matches!(self, Template::Lua(c) if c.source().contains("shared"))
+    }
 }
 
 /// The Lua chunk for a template, or None when it has no `$( ... )` (a constant).
 ///
 /// The chunk returns the concatenation of the pieces; `__tostring` is the real
-/// `tostring`, looked up in the template's environment as Penlight does.
+/// `tostring`, looked up in the template's environment as Penlight does; `__fresh()`
+/// starts the render (header lookups are kept only within one render).
 pub fn to_lua(src: &str) -> Option<String> {
     let b = src.as_bytes();
     let mut pieces: Vec<String> = Vec::new();
@@ -65,7 +81,7 @@ pub fn to_lua(src: &str) -> Option<String> {
     }
     // Everything on the template's first line, so Lua's line numbers are the template's.
     Some(format!(
-        "local __tostring = __tostring; return {}",
+        "local __tostring = __tostring; __fresh(); return {}",
         pieces.join(" .. ")
     ))
 }
@@ -142,26 +158,26 @@ mod tests {
     fn expressions_and_text() {
         assert_eq!(
             to_lua(" $(headers.x)").unwrap(),
-            "local __tostring = __tostring; return \" \" .. __tostring((headers.x) or '')"
+            "local __tostring = __tostring; __fresh(); return \" \" .. __tostring((headers.x) or '')"
         );
         assert_eq!(
             to_lua("/v2/$(uri_captures[\"p\"])/x").unwrap(),
-            "local __tostring = __tostring; return \"/v2/\" .. __tostring((uri_captures[\"p\"]) or '') .. \"/x\""
+            "local __tostring = __tostring; __fresh(); return \"/v2/\" .. __tostring((uri_captures[\"p\"]) or '') .. \"/x\""
         );
         // Nested parentheses are part of the expression.
         assert_eq!(
             to_lua("$((a and b) or c)").unwrap(),
-            "local __tostring = __tostring; return __tostring(((a and b) or c) or '')"
+            "local __tostring = __tostring; __fresh(); return __tostring(((a and b) or c) or '')"
         );
         // `$$(x)`: the first `$` is text.
         assert_eq!(
             to_lua("$$(x)").unwrap(),
-            "local __tostring = __tostring; return \"$\" .. __tostring((x) or '')"
+            "local __tostring = __tostring; __fresh(); return \"$\" .. __tostring((x) or '')"
         );
         // Kong's documented escape: a string expression.
         assert_eq!(
             to_lua("$('$(x)')").unwrap(),
-            "local __tostring = __tostring; return __tostring(('$(x)') or '')"
+            "local __tostring = __tostring; __fresh(); return __tostring(('$(x)') or '')"
         );
         assert_eq!(lua_quote("é\"\\\n\t".as_bytes()), "\"é\\\"\\\\\\n\\009\"");
     }

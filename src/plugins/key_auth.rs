@@ -108,8 +108,23 @@ fn key_name(name: &str) -> Option<KeyName> {
 /// What was found for one key name.
 enum Found {
     None,
-    One(Vec<u8>, Source),
+    One(Key, Source),
     Duplicate,
+}
+
+/// A key as found: a header's value is shared, not copied.
+enum Key {
+    Header(HeaderValue),
+    Decoded(Vec<u8>),
+}
+
+impl Key {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Header(v) => v.as_bytes(),
+            Key::Decoded(v) => v,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -139,13 +154,13 @@ impl KeyAuth {
                 if values.next().is_some() {
                     return Found::Duplicate;
                 }
-                return Found::One(first.as_bytes().to_vec(), Source::Header);
+                return Found::One(Key::Header(first.clone()), Source::Header);
             }
         }
         if self.key_in_query {
             match query_values(req.uri.query(), &k.name) {
                 QueryHit::None | QueryHit::Flag => {}
-                QueryHit::One(v) => return Found::One(v, Source::Query),
+                QueryHit::One(v) => return Found::One(Key::Decoded(v), Source::Query),
                 QueryHit::Many => return Found::Duplicate,
             }
         }
@@ -158,14 +173,14 @@ impl KeyAuth {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if let Some(v) = super::body_field(ctype, body, &k.name) {
-                return Found::One(v.into_bytes(), Source::Body);
+                return Found::One(Key::Decoded(v.into_bytes()), Source::Body);
             }
         }
         Found::None
     }
 
     fn authenticate(&self, req: &mut RequestCtx<'_>) -> AuthOutcome {
-        let mut key: Option<(Vec<u8>, usize, Source)> = None;
+        let mut key: Option<(Key, usize, Source)> = None;
         for (i, k) in self.key_names.iter().enumerate() {
             match self.find(req, k) {
                 Found::None => continue,
@@ -205,10 +220,10 @@ impl KeyAuth {
                 }
             }
         }
-        if key.is_empty() {
+        if key.as_bytes().is_empty() {
             return AuthOutcome::Fail(StatusCode::UNAUTHORIZED, "No API key found in request");
         }
-        let Some(cred) = req.consumers.by_key(&key) else {
+        let Some(cred) = req.consumers.by_key(key.as_bytes()) else {
             return AuthOutcome::Fail(StatusCode::UNAUTHORIZED, "Unauthorized");
         };
         let (consumer, id) = (cred.consumer, cred.id.clone());

@@ -36,6 +36,10 @@ pub struct RequestTransformer {
     add: Sets,
     append: Sets,
     uses_lua: bool,
+    /// Lua templates among the body / querystring entries (rendered after the
+    /// headers may have changed).
+    body_lua: bool,
+    query_lua: bool,
 }
 
 #[derive(Debug, Default)]
@@ -217,23 +221,53 @@ impl RequestTransformer {
     }
 
     fn transform_headers(&self, s: &mut Session<'_, '_>) -> Result<(), LuaError> {
-        // Kong works on a copy (`get_headers()` minus Host) and applies it at the end,
-        // so templates read the headers as they were.
-        let mut w = s.ctx.headers.clone();
-        let host: Vec<HeaderValue> = w.get_all(HOST).iter().cloned().collect();
-        w.remove(HOST);
+        // Kong renders against the headers as they were and applies its header table
+        // at the end; so every value is rendered first, then the operations change the
+        // request's headers in place (Host aside: Kong's table has none, so remove never
+        // touches it, rename only moves one an earlier rename put there, and only a Host
+        // value given by the config replaces it). The
+        // same template in two entries (Supabase's add and replace of
+        // Authorization) renders once: nothing changes between the two renders.
+        let sets = [
+            &self.replace.headers,
+            &self.add.headers,
+            &self.append.headers,
+        ];
+        let mut values: Vec<Option<HeaderValue>> =
+            Vec::with_capacity(sets.iter().map(|l| l.len()).sum());
+        for (i, (name, t)) in sets.into_iter().flatten().enumerate() {
+            let Some(t) = t else {
+                values.push(None);
+                continue;
+            };
+            let earlier = sets
+                .into_iter()
+                .flatten()
+                .take(i)
+                .position(|(_, e)| e.as_ref().is_some_and(|e| e.same(t)));
+            let v = match earlier {
+                Some(j) if !t.may_vary() => values.get(j).cloned().flatten(),
+                _ => render_header(s, name, Some(t))?,
+            };
+            values.push(v);
+        }
+        if self.body_lua || self.query_lua {
+            s.keep_template_headers();
+        }
+        let w = &mut *s.ctx.headers;
         let mut new_host: Option<HeaderValue> = None;
 
         for name in &self.remove.headers {
-            if w.contains_key(name) {
+            if *name != HOST && w.contains_key(name) {
                 w.remove(name);
             }
         }
         for (old, new) in &self.rename.headers {
-            if old == new {
+            // Kong's table holds a Host only once a rename has put one there.
+            if old == new || (*old == HOST && new_host.is_none()) {
                 continue;
             }
-            let Some(found) = lookup(&w, old) else {
+            let Some(found) = lookup(w, old) else {
                 continue;
             };
             let values: Vec<HeaderValue> = w.get_all(&found).iter().cloned().collect();
@@ -248,32 +282,33 @@ impl RequestTransformer {
                 w.append(new.clone(), v);
             }
         }
-        for (name, t) in &self.replace.headers {
-            let Some(v) = render_header(s, name, t.as_ref())? else {
+        let mut rendered = values.into_iter();
+        for (name, _) in &self.replace.headers {
+            let Some(v) = rendered.next().flatten() else {
                 continue;
             };
             if *name == HOST {
                 new_host = Some(v);
-            } else if lookup(&w, name).is_some() {
+            } else if lookup(w, name).is_some() {
                 w.insert(name.clone(), v);
             }
         }
-        for (name, t) in &self.add.headers {
-            let Some(v) = render_header(s, name, t.as_ref())? else {
+        for (name, _) in &self.add.headers {
+            let Some(v) = rendered.next().flatten() else {
                 continue;
             };
-            if *name != HOST && lookup(&w, name).is_none() {
+            if *name != HOST && lookup(w, name).is_none() {
                 w.insert(name.clone(), v);
             }
         }
-        for (name, t) in &self.append.headers {
-            let Some(v) = render_header(s, name, t.as_ref())? else {
+        for (name, _) in &self.append.headers {
+            let Some(v) = rendered.next().flatten() else {
                 continue;
             };
             if *name == HOST {
                 continue;
             }
-            if let Some(found) = lookup(&w, name)
+            if let Some(found) = lookup(w, name)
                 && found != *name
             {
                 // `headers[name]` found the `-` spelling: its values are copied.
@@ -284,19 +319,10 @@ impl RequestTransformer {
             }
             w.append(name.clone(), v);
         }
-
-        match new_host {
-            Some(h) => {
-                s.ctx.upstream.host = Some(h.clone());
-                w.insert(HOST, h);
-            }
-            None => {
-                for h in host {
-                    w.append(HOST, h);
-                }
-            }
+        if let Some(h) = new_host {
+            s.ctx.upstream.host = Some(h.clone());
+            s.ctx.headers.insert(HOST, h);
         }
-        *s.ctx.headers = w;
         Ok(())
     }
 
@@ -319,6 +345,9 @@ impl RequestTransformer {
             }
         };
         if let Some(new) = new {
+            if self.query_lua {
+                s.keep_template_headers();
+            }
             s.ctx
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(new.len()));
@@ -553,9 +582,25 @@ struct Entry {
 struct Decoder<'c, 'e> {
     ctx: &'c mut Ctx<'e>,
     uses_lua: bool,
+    /// Header templates compiled so far, by source (see `header_template`).
+    compiled: Vec<(String, Template)>,
 }
 
 impl Decoder<'_, '_> {
+    /// A header value's template: the same source as an earlier header entry's
+    /// shares its compiled template (headers render in decode order, so a runtime
+    /// error names the entry that rendered).
+    fn header_template(&mut self, e: &Entry, value: &str) -> Option<Template> {
+        if let Some((_, t)) = self.compiled.iter().find(|(src, _)| src == value) {
+            return Some(t.clone());
+        }
+        let t = self.template(e, value)?;
+        if t.is_lua() {
+            self.compiled.push((value.to_string(), t.clone()));
+        }
+        Some(t)
+    }
+
     fn template(&mut self, e: &Entry, value: &str) -> Option<Template> {
         match Template::compile(value, &e.label) {
             Ok(t) => {
@@ -625,7 +670,7 @@ impl Decoder<'_, '_> {
         if value.is_empty() {
             return Some((h, None));
         }
-        let t = self.template(e, value)?;
+        let t = self.header_template(e, value)?;
         Some((h, Some(t)))
     }
 
@@ -734,6 +779,7 @@ pub fn decode(config: Option<&Node>, ctx: &mut Ctx<'_>) -> Option<RequestTransfo
     let mut d = Decoder {
         ctx,
         uses_lua: false,
+        compiled: Vec::new(),
     };
     for e in &remove.headers {
         if let Some(name) = d.name(e) {
@@ -810,6 +856,23 @@ pub fn decode(config: Option<&Node>, ctx: &mut Ctx<'_>) -> Option<RequestTransfo
         out.replace_uri = d.template(&e, uri);
     }
     out.uses_lua = d.uses_lua;
+    let lua = |l: &[(Vec<u8>, Template)]| l.iter().any(|(_, t)| t.is_lua());
+    out.query_lua = [
+        &out.rename.querystring,
+        &out.replace.querystring,
+        &out.add.querystring,
+        &out.append.querystring,
+    ]
+    .into_iter()
+    .any(|l| lua(l));
+    out.body_lua = [
+        &out.rename.body,
+        &out.replace.body,
+        &out.add.body,
+        &out.append.body,
+    ]
+    .into_iter()
+    .any(|l| l.iter().any(|(_, t)| t.is_lua()));
     (d.ctx.errors.len() == before).then_some(out)
 }
 
