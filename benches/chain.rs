@@ -58,14 +58,9 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn load() -> Snapshot {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/supabase/kong.yml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {} (shared/ must sit beside the repo): {e}",
-            path.display()
-        )
-    });
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/supabase/kong.yml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let file = path.display().to_string();
     let cfg = config::load_config_with_env(&file, &text, &env)
         .unwrap_or_else(|e| panic!("the fixture does not load:\n{e}"));
