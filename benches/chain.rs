@@ -137,6 +137,8 @@ fn access(r: &Route<'_>, mut headers: HeaderMap) -> (Option<usize>, HeaderMap, U
     let mut uri = Uri::from_static("/rest/v1/todos?select=*");
     let mut auth = AuthState::default();
     let mut overrides = UpstreamOverrides::default();
+    let mut extensions = http::Extensions::new();
+    let mut mcp = None;
     let mut ctx = RequestCtx {
         method: &method,
         uri: &mut uri,
@@ -148,6 +150,9 @@ fn access(r: &Route<'_>, mut headers: HeaderMap) -> (Option<usize>, HeaderMap, U
         auth: &mut auth,
         captures: &r.captures,
         upstream: &mut overrides,
+        service: None,
+        extensions: &mut extensions,
+        mcp: &mut mcp,
     };
     let mut last: Option<&'static str> = None;
     for link in r.chain {

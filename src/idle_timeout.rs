@@ -176,7 +176,7 @@ impl<S: Write + Unpin> IdleTimeout<S> {
         match r {
             Poll::Ready(r) => {
                 self.write.progress();
-                if r.as_ref().is_ok_and(|v| sent(v)) {
+                if r.as_ref().is_ok_and(sent) {
                     self.read.progress();
                 }
                 Poll::Ready(r)
