@@ -7,9 +7,11 @@
 //! - `plugins`: the closed plugin enum and one file per plugin (`cors`, `ipset` hold their cores)
 //! - `mcp`: JSON-RPC/MCP reading for `mcp-policy`, and its list-result filter (JSON and SSE)
 //! - `jwks`: an authorization server's signing keys, fetched and cached for `oauth2-resource`
-//! - `proxy`: the life of one request; `upstream`: pooled clients, retries, error classes
+//! - `proxy`: the life of one request; `upstream`: per-thread keep-alive pools on hyper's
+//!   http1 connections, retries, error classes; `idle_timeout`: upstream socket timeouts
 //! - `error`: every gateway-made response; `access_log`: combined/JSON lines
-//! - `server`: listeners (HTTP/1.1 and HTTP/2, cleartext and TLS), limits, the status
+//! - `server`: worker threads (one runtime and one SO_REUSEPORT socket per address each),
+//!   listeners (HTTP/1.1 and HTTP/2, cleartext and TLS), limits, the status
 //!   endpoint, graceful shutdown; `tls`: certificates (server and upstream);
 //!   `metrics`: the Prometheus counters behind /metrics
 //!
