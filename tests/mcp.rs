@@ -14,117 +14,14 @@
 
 mod common;
 mod jwt_support;
+mod mcp_support;
 
 use common::*;
 use jwt_support::{AuthServer, SigningKey, now};
+use mcp_support::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
-
-const SETUP: &str = "run scripts/test (it creates .venv-mcp and tests/mcp-node/node_modules), or by hand: \
-python3 -m venv .venv-mcp && .venv-mcp/bin/pip install mcp==2.3.0 && (cd tests/mcp-node && npm ci), \
-then export PORTCULLIS_TEST_PYTHON=$PWD/.venv-mcp/bin/python PORTCULLIS_TEST_NODE_MODULES=$PWD/tests/mcp-node/node_modules";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    let p = match std::env::var_os("PORTCULLIS_TEST_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => repo().join(".venv-mcp/bin/python"),
-    };
-    assert!(
-        p.exists(),
-        "no Python with the MCP SDK at {} (PORTCULLIS_TEST_PYTHON): {SETUP}",
-        p.display()
-    );
-    p
-}
-
-fn node_modules() -> PathBuf {
-    let p = match std::env::var_os("PORTCULLIS_TEST_NODE_MODULES") {
-        Some(p) => PathBuf::from(p),
-        None => repo().join("tests/mcp-node/node_modules"),
-    };
-    assert!(
-        p.join("@modelcontextprotocol/sdk/package.json").exists(),
-        "no @modelcontextprotocol/sdk under {} (PORTCULLIS_TEST_NODE_MODULES): {SETUP}",
-        p.display()
-    );
-    p
-}
-
-fn script(name: &str) -> PathBuf {
-    repo().join("tests/mcp").join(name)
-}
-
-/// A Python MCP server on an ephemeral port, killed when dropped.
-struct PyServer {
-    addr: SocketAddr,
-    _child: Child,
-}
-
-impl PyServer {
-    async fn start(args: &[&str]) -> PyServer {
-        let mut child = Command::new(python())
-            .arg(script("server.py"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}: {SETUP}", python().display()));
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(p) = line.strip_prefix("PORT ") {
-                    return Some(p.trim().parse::<u16>().unwrap());
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        let Some(port) = port else {
-            let _ = child.start_kill();
-            let out = child.wait_with_output().await.unwrap();
-            panic!(
-                "the Python MCP server did not start: {}\n{SETUP}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        PyServer {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _child: child,
-        }
-    }
-}
-
-/// What a client script printed, or its failure output.
-type ClientResult = Result<Value, String>;
-
-async fn run(mut cmd: Command, what: &str) -> ClientResult {
-    cmd.kill_on_drop(true)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no result within 120 s"))
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}: {SETUP}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        return Err(stderr);
-    }
-    let last = stdout.lines().last().unwrap_or("");
-    serde_json::from_str(last).map_err(|e| format!("{what}: bad output ({e}): {stdout}\n{stderr}"))
-}
+use tokio::process::Command;
 
 /// `python client.py URL MODE ARGS...`
 async fn py_client(url: &str, mode: &str, args: &[&str]) -> ClientResult {
@@ -136,11 +33,8 @@ async fn py_client(url: &str, mode: &str, args: &[&str]) -> ClientResult {
 /// `node client.mjs URL` with `MCP_TOKEN`, from a scratch directory whose
 /// `node_modules` points at the installed SDK (ES modules resolve next to the script).
 async fn ts_client(url: &str, token: Option<&str>) -> ClientResult {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(script("client.mjs"), dir.path().join("client.mjs")).unwrap();
-    std::os::unix::fs::symlink(node_modules(), dir.path().join("node_modules")).unwrap();
-    let node = std::env::var_os("PORTCULLIS_TEST_NODE").unwrap_or_else(|| "node".into());
-    let mut cmd = Command::new(node);
+    let dir = node_dir("client.mjs");
+    let mut cmd = Command::new(node());
     cmd.arg(dir.path().join("client.mjs")).arg(url);
     match token {
         Some(t) => cmd.env("MCP_TOKEN", t),
@@ -153,24 +47,6 @@ async fn ts_client(url: &str, token: Option<&str>) -> ClientResult {
 
 fn ok(r: ClientResult, what: &str) -> Value {
     r.unwrap_or_else(|e| panic!("{what} failed:\n{e}"))
-}
-
-/// Progress events spread out as sent (~0.5 s apart), not bunched at the end.
-fn assert_streamed(progress: &Value, what: &str) {
-    assert_eq!(progress["result"], "counted to 3", "{what}");
-    let s: Vec<f64> = progress["stamps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert_eq!(s.len(), 3, "{what}: {s:?}");
-    // Sent at 0.5 s; 1.3 s leaves room for a loaded machine yet is before the end (1.5 s).
-    assert!(s[0] < 1.3, "{what}: first progress late (buffered?): {s:?}");
-    assert!(
-        s[2] - s[0] > 0.7,
-        "{what}: progress bunched (buffered?): {s:?}"
-    );
 }
 
 fn assert_basics(v: &Value, what: &str) {
@@ -187,14 +63,9 @@ fn route_yaml(name: &str, up: SocketAddr, path: &str, plugins: &str) -> String {
     )
 }
 
-fn services(blocks: &[String]) -> String {
-    format!("_format_version: \"3.0\"\nservices:\n{}", blocks.concat())
-}
-
 #[tokio::test]
 async fn python_sdk_both_eras_with_a_17s_silent_tool() {
-    let (stateful, stateless) =
-        tokio::join!(PyServer::start(&[]), PyServer::start(&["--stateless"]));
+    let (stateful, stateless) = tokio::join!(Server::python(&[]), Server::python(&["--stateless"]));
     let g = gateway(&services(&[
         route_yaml("sessions", stateful.addr, "/mcp", ""),
         route_yaml("stateless", stateless.addr, "/stateless/mcp", ""),
@@ -227,7 +98,7 @@ async fn python_sdk_both_eras_with_a_17s_silent_tool() {
 
 #[tokio::test]
 async fn typescript_sdk_client_and_session_delete() {
-    let server = PyServer::start(&[]).await;
+    let server = Server::python(&[]).await;
     let g = gateway(&services(&[route_yaml("mcp", server.addr, "/mcp", "")])).await;
     let url = format!("http://{}/mcp", g.addr);
     let (ts, ()) = tokio::join!(ts_client(&url, None), raw_session(g.addr));
@@ -302,7 +173,7 @@ async fn raw_session(gw: SocketAddr) {
 
 #[tokio::test]
 async fn ip_restriction_allows_and_denies_the_sdk_client() {
-    let server = PyServer::start(&["--stateless"]).await;
+    let server = Server::python(&["--stateless"]).await;
     let allow = |cidr: &str| {
         format!(
             "    plugins:\n      - name: ip-restriction\n        config:\n          allow: [\"{cidr}\"]\n"
@@ -357,7 +228,7 @@ async fn default_gateway_yaml_refuses_mcp() {
 
 #[tokio::test]
 async fn bearer_token_through_the_gateway() {
-    let (server, stateless) = tokio::join!(PyServer::start(&[]), PyServer::start(&["--stateless"]));
+    let (server, stateless) = tokio::join!(Server::python(&[]), Server::python(&["--stateless"]));
     let key = SigningKey::es256("sdk-key");
     let a = AuthServer::start(&[&key]).await;
     let resource = "https://mcp.example.test/mcp";
