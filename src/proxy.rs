@@ -952,35 +952,35 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// `ip` as a header value (X-Real-IP, X-Forwarded-For).
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    LAST_IP.with(|last| {
+/// `key`'s header value from a one-entry per-thread cache, made by `make` on a miss.
+fn cached_value<K: Copy + PartialEq + 'static>(
+    cache: &'static std::thread::LocalKey<std::cell::RefCell<Option<(K, HeaderValue)>>>,
+    key: K,
+    make: impl FnOnce(K) -> HeaderValue,
+) -> HeaderValue {
+    cache.with(|last| {
         let mut last = last.borrow_mut();
         if let Some((cached, v)) = last.as_ref()
-            && *cached == ip
+            && *cached == key
         {
             return v.clone();
         }
-        let v =
-            HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("0.0.0.0"));
-        *last = Some((ip, v.clone()));
+        let v = make(key);
+        *last = Some((key, v.clone()));
         v
+    })
+}
+
+/// `ip` as a header value (X-Real-IP, X-Forwarded-For).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    cached_value(&LAST_IP, ip, |ip| {
+        HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("0.0.0.0"))
     })
 }
 
 /// `port` as a header value (X-Forwarded-Port).
 fn port_value(port: u16) -> HeaderValue {
-    LAST_PORT.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((cached, v)) = last.as_ref()
-            && *cached == port
-        {
-            return v.clone();
-        }
-        let v = HeaderValue::from(port);
-        *last = Some((port, v.clone()));
-        v
-    })
+    cached_value(&LAST_PORT, port, HeaderValue::from)
 }
 
 fn run_header_filters(
