@@ -4,9 +4,9 @@
 
 use super::{Flow, RequestCtx};
 use crate::body;
-use crate::config::raw::{Node, Value};
-use crate::config::walk::Ctx;
 use crate::cors::{Cors, CorsConfig};
+use crate::yaml::raw::{Node, Value};
+use crate::yaml::walk::Ctx;
 use http::{HeaderMap, Response, StatusCode};
 
 pub struct CorsPlugin(pub Cors);
