@@ -6,7 +6,7 @@
 //!
 //! 1. leaves (no crate imports): `yaml`, the positioned YAML tree (`raw`) and the walker
 //!    that collects every error with file:line:col (`walk`); `body`; `path` and `router`
-//!    (Kong's path normalisation, strip_path joins, route matching); `ipset`; `cors`
+//!    (Kong's path normalisation, strip_path joins, route matching); `ipset`
 //! 2. `error`, every gateway-made response; `mcp`, JSON-RPC/MCP reading for `mcp-policy`
 //!    and its list-result filter (JSON and SSE); `idle_timeout`, upstream socket
 //!    timeouts; `entities`, Kong's services, routes, consumers, credentials (no plugins);
@@ -19,7 +19,7 @@
 //!    `AuthState`, `UpstreamOverrides`, query/body helpers); `access_log`, combined/JSON
 //! 5. `lua`: the Lua sandbox and Kong's PDK subset
 //! 6. `plugins`: the closed plugin enum and one file per plugin, each decoding its own
-//!    config from the `yaml` tree
+//!    config from the `yaml` tree (`plugins::cors::core` holds Kong's CORS semantics)
 //! 7. `config`: YAML → validated model (`decode`, `model::Config` holds the compiled
 //!    plugins) → `snapshot::Snapshot` (`compile`), the immutable compiled config a
 //!    request reads (`crate::snapshot` is `config::snapshot`)
@@ -42,7 +42,6 @@ pub mod cli;
 pub mod config;
 pub mod consumers;
 pub mod context;
-pub mod cors;
 pub mod entities;
 pub mod error;
 pub mod explain;
