@@ -3,7 +3,7 @@
 //! constant-time comparison (so the lookup's timing leaks nothing useful about a key),
 //! basic-auth credentials by username with Kong's password hash, groups per consumer.
 
-use crate::config::model::Config;
+use crate::entities::{Acl, BasicAuthCredential, Consumer, KeyAuthCredential};
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -61,11 +61,17 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Consumers {
-    pub fn build(cfg: &Config) -> Consumers {
+    /// `transform`: the file's `_transform` (basic-auth passwords given in clear text).
+    pub fn build(
+        consumers: &[Consumer],
+        acls: &[Acl],
+        keyauth_credentials: &[KeyAuthCredential],
+        basicauth_credentials: &[BasicAuthCredential],
+        transform: bool,
+    ) -> Consumers {
         let mut c = Consumers::default();
-        for (i, con) in cfg.consumers.iter().enumerate() {
-            let mut groups: Vec<String> = cfg
-                .acls
+        for (i, con) in consumers.iter().enumerate() {
+            let mut groups: Vec<String> = acls
                 .iter()
                 .filter(|a| a.consumer == i)
                 .map(|a| a.group.clone())
@@ -86,14 +92,14 @@ impl Consumers {
                 c.by_ref.entry(u.clone()).or_insert(i);
             }
         }
-        for k in &cfg.keyauth_credentials {
+        for k in keyauth_credentials {
             if k.key.is_empty() {
                 // An opaque key left unset in the environment: never a valid empty key.
                 tracing::warn!(
-                    consumer = cfg.consumers[k.consumer]
+                    consumer = consumers[k.consumer]
                         .username
                         .as_deref()
-                        .unwrap_or(&cfg.consumers[k.consumer].id),
+                        .unwrap_or(&consumers[k.consumer].id),
                     line = k.pos.line,
                     "skipping a key-auth credential with an empty key"
                 );
@@ -117,9 +123,9 @@ impl Consumers {
                 }
             }
         }
-        for b in &cfg.basicauth_credentials {
-            let consumer_id = &cfg.consumers[b.consumer].id;
-            let password_hash = if cfg.transform {
+        for b in basicauth_credentials {
+            let consumer_id = &consumers[b.consumer].id;
+            let password_hash = if transform {
                 basic_hash(&b.password, consumer_id)
             } else {
                 b.password.to_ascii_lowercase()

@@ -37,9 +37,9 @@ pub(crate) use pdk::settable_method;
 pub use template::Template;
 
 use crate::body::Body;
-use crate::config::raw::Pos;
-use crate::plugins::RequestCtx;
+use crate::context::RequestCtx;
 use crate::router::Captures;
+use crate::yaml::raw::Pos;
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 use pdk::{ReqState, Slot, TemplateRun};

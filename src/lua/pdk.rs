@@ -9,7 +9,7 @@
 use super::Flags;
 use super::args::{ArgValue, Args, escape_component, unescape_uri};
 use crate::body::{self, Body};
-use crate::plugins::UpstreamOverrides;
+use crate::context::UpstreamOverrides;
 use crate::router::Captures;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
@@ -422,7 +422,7 @@ fn register(lua: &Lua, p: &Table, flags: &Rc<Flags>) -> mlua::Result<()> {
     def!("service.request.clear_query_arg", |lua, name: Value| {
         let name = name_arg(&name, "query argument name must be a string")?;
         with(lua, |st| {
-            let uri = crate::plugins::remove_query_arg(&st.uri, &name);
+            let uri = crate::context::remove_query_arg(&st.uri, &name);
             let q = uri.query().unwrap_or("").replace('+', "%20");
             st.uri = uri;
             set_query(&mut st.uri, &q)

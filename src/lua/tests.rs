@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::consumers::Consumers;
-use crate::plugins::{AuthState, UpstreamOverrides};
+use crate::context::{AuthState, UpstreamOverrides};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 /// Owns everything a `RequestCtx` borrows.
