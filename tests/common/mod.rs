@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod process;
+pub mod recorder;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
