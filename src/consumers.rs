@@ -1,11 +1,12 @@
 //! Consumers and their credentials, compiled for lookups on the request path: API keys
-//! are indexed by their SHA-256 (so the lookup leaks nothing useful about the key),
+//! are indexed by a SipHash keyed at random per process and confirmed with a
+//! constant-time comparison (so the lookup's timing leaks nothing useful about a key),
 //! basic-auth credentials by username with Kong's password hash, groups per consumer.
 
 use crate::entities::{Acl, BasicAuthCredential, Consumer, KeyAuthCredential};
 use http::HeaderValue;
-use sha2::Digest;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 #[derive(Debug)]
 pub struct ConsumerRt {
@@ -34,14 +35,12 @@ pub struct BasicCredential {
 #[derive(Debug, Default)]
 pub struct Consumers {
     pub list: Vec<ConsumerRt>,
-    keys: HashMap<[u8; 32], KeyCredential>,
+    /// API keys and their credentials, hashed with `key_hasher`.
+    keys: hashbrown::HashTable<(Box<[u8]>, KeyCredential)>,
+    key_hasher: RandomState,
     basic: HashMap<String, BasicCredential>,
     /// Consumer lookup by id or username (for `anonymous`).
     by_ref: HashMap<String, usize>,
-}
-
-pub fn key_digest(key: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(key).into()
 }
 
 /// Kong's basic-auth hash: sha1(password .. consumer_id), hex.
@@ -106,13 +105,23 @@ impl Consumers {
                 );
                 continue;
             }
-            c.keys.insert(
-                key_digest(k.key.as_bytes()),
-                KeyCredential {
-                    consumer: k.consumer,
-                    id: k.id.clone(),
-                },
-            );
+            let cred = KeyCredential {
+                consumer: k.consumer,
+                id: k.id.clone(),
+            };
+            let key = k.key.as_bytes();
+            let hasher = &c.key_hasher;
+            match c.keys.entry(
+                hasher.hash_one(key),
+                |(stored, _)| **stored == *key,
+                |(stored, _)| hasher.hash_one(&**stored),
+            ) {
+                // A later credential with the same key replaces the earlier one.
+                hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = cred,
+                hashbrown::hash_table::Entry::Vacant(e) => {
+                    e.insert((key.into(), cred));
+                }
+            }
         }
         for b in basicauth_credentials {
             let consumer_id = &consumers[b.consumer].id;
@@ -134,7 +143,11 @@ impl Consumers {
     }
 
     pub fn by_key(&self, key: &[u8]) -> Option<&KeyCredential> {
-        self.keys.get(&key_digest(key))
+        self.keys
+            .find(self.key_hasher.hash_one(key), |(stored, _)| {
+                constant_time_eq(stored, key)
+            })
+            .map(|(_, cred)| cred)
     }
 
     /// The credential for `username` if `password` is right (constant-time compare).

@@ -668,7 +668,10 @@ fn register(lua: &Lua, p: &Table, flags: &Rc<Flags>) -> mlua::Result<()> {
 
 /// What `headers[key]` finds in the table `ngx.req.get_headers()` returns (whose keys
 /// are the lower-case names): the key itself, else the key lower-cased with `_` as `-`.
-fn header_view<'h>(h: &'h HeaderMap, key: &[u8]) -> Option<http::header::GetAll<'h, HeaderValue>> {
+pub(super) fn header_view<'h>(
+    h: &'h HeaderMap,
+    key: &[u8],
+) -> Option<http::header::GetAll<'h, HeaderValue>> {
     let key = std::str::from_utf8(key).ok()?;
     let upper = key.bytes().any(|b| b.is_ascii_uppercase());
     if !upper {
@@ -787,7 +790,7 @@ pub(crate) fn get_header<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
         .map(|(_, v)| v.as_bytes())
 }
 
-fn query_args(uri: &Uri) -> Args {
+pub(super) fn query_args(uri: &Uri) -> Args {
     Args::parse(uri.query().unwrap_or("").as_bytes())
 }
 
