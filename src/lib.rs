@@ -30,11 +30,14 @@
 //! 10. `cli`: the command line
 //!
 //! The life of one request: the server accepts and calls `proxy::handle`, which loads
-//! the snapshot once (a reload midway doesn't affect it), computes the real client IP,
-//! normalises the path, asks the router for the route (404 if none), runs the route's
-//! plugin chain in priority order (the first plugin that answers wins), streams the
-//! request to the upstream and the response back, runs the response hooks (CORS), and
-//! writes the access log line when the body is done.
+//! the snapshot once (a reload midway doesn't affect it), computes the real client IP
+//! and runs `Exchange::run`, Kong's phases in order, one function each: `rewrite`
+//! (nginx's checks, the Host, the normalised path), `route` and `access` (the route,
+//! 404 if none; the plugin chain in priority order, the first plugin that answers
+//! wins), `upstream_request` and `balancer` (the request streamed to the service),
+//! `header_filter` and `body_filter` (the response head and its hooks such as CORS; the
+//! body, through mcp-policy's filter), then `gateway_headers` and `log` (the access log
+//! line and metrics, written when the body is done).
 
 pub mod access_log;
 pub mod body;

@@ -4,22 +4,23 @@
 use crate::access_log::{self, LoggedBody, Record};
 use crate::body::{self, Body};
 use crate::config::model::Route;
-use crate::config::snapshot::{ChainLink, Snapshot};
+use crate::config::snapshot::{ChainLink, CompiledRoute, Snapshot, UpstreamTarget};
 pub use crate::context::{Listener, captures_json};
 use crate::error::GatewayError;
 pub use crate::error::SERVER;
 use crate::ipset::{IpSet, real_client_ip};
 use crate::path;
-use crate::plugins::{AuthState, Flow, RequestCtx};
-use crate::router::RequestInfo;
+use crate::plugins::{AuthState, Flow, RequestCtx, UpstreamOverrides};
+use crate::router::{RequestInfo, RouteMatch};
 use crate::upstream;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -234,7 +235,7 @@ pub async fn handle(
         req.headers(),
     );
     let log_format = gw.settings.access_log;
-    let mut record = (log_format != access_log::Format::Off).then(|| {
+    let record = (log_format != access_log::Format::Off).then(|| {
         Box::new(Record {
             format: log_format,
             client_ip,
@@ -272,8 +273,14 @@ pub async fn handle(
         start,
     };
     let (mut resp, mut info) = ex.run(req).await;
+    gateway_headers(resp.headers_mut(), &mut info, rid, start);
+    log(resp, info, record, &gw, &snap, start)
+}
 
-    let h = resp.headers_mut();
+/// The response headers the gateway adds to every answer (the end of Kong's
+/// header_filter): those plugins set in the access phase, the request id, `Server`
+/// and the latency headers.
+fn gateway_headers(h: &mut HeaderMap, info: &mut Info, rid: RequestId, start: Instant) {
     if let Some(extra) = info.response_headers.take() {
         // Set by plugins in the access phase (rate-limiting's X-RateLimit-*).
         let mut last: Option<HeaderName> = None;
@@ -311,7 +318,17 @@ pub async fn handle(
             );
         }
     }
+}
 
+/// log: the access log line and the metrics, written when the response body ends.
+fn log(
+    resp: Response<Body>,
+    mut info: Info,
+    mut record: Option<Box<Record>>,
+    gw: &Gateway,
+    snap: &Snapshot,
+    start: Instant,
+) -> Response<LoggedBody> {
     // Counted when the body ends, with the access log line (Kong's log phase).
     let finish = crate::metrics::Finish {
         handles: match info.metrics.take() {
@@ -367,38 +384,104 @@ struct Exchange<'a> {
     start: Instant,
 }
 
-impl Exchange<'_> {
+/// A phase's outcome: `Continue` with what the next phase needs, or `Break` with the
+/// answer that ends the request (its header filters already run). No boxing: the
+/// answer moves up by value.
+type Phase<T> = ControlFlow<Response<Body>, T>;
+
+/// What the rewrite phase found: the request's Host (owned, a cheap refcounted clone,
+/// so plugins may change the headers later) and its normalised path.
+struct Rewritten {
+    host: Option<HeaderValue>,
+    normalized: Vec<u8>,
+}
+
+/// The route a request matched.
+struct Routed<'a> {
+    m: RouteMatch,
+    compiled: &'a CompiledRoute,
+    route: &'a Route,
+}
+
+/// What the access phase leaves for the upstream request and the response phases.
+struct Accessed {
+    /// The raw request target, before plugins change anything (X-Forwarded-Path).
+    raw_uri: Uri,
+    /// The body, when a plugin of the chain read it (plugins may have changed it).
+    buffered: Option<Bytes>,
+    /// The body still to stream, when no plugin read it.
+    stream: Option<Incoming>,
+    overrides: UpstreamOverrides,
+    consumer: Option<usize>,
+    /// What mcp-policy judged; its filter is the body filter.
+    mcp: Option<crate::mcp::Exchange>,
+}
+
+/// What the response phases still read of a request that went upstream.
+struct Sent {
+    /// Errors after sending negotiate their body from these two headers.
+    accept: Option<HeaderValue>,
+    content_type: Option<HeaderValue>,
+    /// Only the few request headers response hooks read (CORS), not a full copy.
+    req_headers: Option<HeaderMap>,
+    /// The client's half of an upgrade (WebSocket) tunnel.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+impl<'a> Exchange<'a> {
     fn error(&self, e: GatewayError, req_headers: &HeaderMap, method: &Method) -> Response<Body> {
         e.response(req_headers, method == Method::HEAD, self.request_id)
     }
 
+    /// The life of one request, in Kong's phases; the log phase runs in `handle` when
+    /// the response body ends.
     async fn run(&self, req: Request<Incoming>) -> (Response<Body>, Info) {
         let mut info = Info::default();
+        let resp = match self.phases(req, &mut info).await {
+            ControlFlow::Continue(resp) | ControlFlow::Break(resp) => resp,
+        };
+        (resp, info)
+    }
+
+    /// Kong's phases in order; a phase that answers (`Break`) ends the request there.
+    async fn phases(&self, req: Request<Incoming>, info: &mut Info) -> Phase<Response<Body>> {
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
+        // rewrite: nginx's checks, the Host, the normalised path
+        let rw = self.rewrite(&parts, &method)?;
+        let host = rw.host.as_ref().and_then(|v| v.to_str().ok());
+        // access: the route, then the plugin chain
+        let routed = self.route(&parts, &method, host, &rw.normalized, info)?;
+        let mut access = self
+            .access(&routed, &mut parts, body, &method, info)
+            .await?;
+        // balancer: the upstream request, sent
+        let (upstream, up_req, sent) =
+            self.upstream_request(&routed, &rw, host, parts, &method, &mut access)?;
+        let result = self.balancer(upstream, up_req, info).await;
+        // header_filter, body_filter (log: `handle`'s, when the body ends)
+        let (mut rparts, rbody) =
+            self.header_filter(&routed, upstream, &access, sent, &method, result, info)?;
+        let body = body_filter(access.mcp, &mut rparts, rbody);
+        ControlFlow::Continue(Response::from_parts(rparts, body))
+    }
 
-        // nginx's limits first: it refuses these before anything else runs.
-        if let Some(e) = self.gw.settings.limits.check_head(&parts) {
-            return (self.error(e, &parts.headers, &method), info);
+    /// rewrite: nginx's limits and checks (it refuses these before anything else
+    /// runs), the Host, and Kong's path normalisation.
+    fn rewrite(&self, parts: &http::request::Parts, method: &Method) -> Phase<Rewritten> {
+        let bad = |e| ControlFlow::Break(self.error(e, &parts.headers, method));
+        if let Some(e) = self.gw.settings.limits.check_head(parts) {
+            return bad(e);
         }
         if method == Method::TRACE {
-            return (
-                self.error(GatewayError::MethodNotAllowed, &parts.headers, &method),
-                info,
-            );
+            return bad(GatewayError::MethodNotAllowed);
         }
-        // Owned (a cheap refcounted clone) so plugins may change the headers later.
         // Two Host lines are refused, as nginx does ("client sent duplicate host
         // header"): routing and the upstream could each pick a different one.
         let mut hosts = parts.headers.get_all(header::HOST).iter();
         let host_val: Option<HeaderValue> = match (hosts.next(), hosts.next()) {
             (Some(h), None) if h.to_str().is_ok() => Some(h.clone()),
-            (Some(_), _) => {
-                return (
-                    self.error(GatewayError::BadRequest, &parts.headers, &method),
-                    info,
-                );
-            }
+            (Some(_), _) => return bad(GatewayError::BadRequest),
             (None, _) => parts
                 .uri
                 .authority()
@@ -406,37 +489,39 @@ impl Exchange<'_> {
         };
         let host_raw: Option<&str> = host_val.as_ref().and_then(|v| v.to_str().ok());
         if host_raw.is_some_and(|h| !path::valid_host(h)) {
-            return (
-                self.error(GatewayError::BadRequest, &parts.headers, &method),
-                info,
-            );
+            return bad(GatewayError::BadRequest);
         }
         if host_raw.is_none() && parts.version == Version::HTTP_11 {
-            return (
-                self.error(GatewayError::BadRequest, &parts.headers, &method),
-                info,
-            );
+            return bad(GatewayError::BadRequest);
         }
         if path::check_nginx_uri(parts.uri.path()).is_err() {
-            return (
-                self.error(GatewayError::BadRequest, &parts.headers, &method),
-                info,
-            );
+            return bad(GatewayError::BadRequest);
         }
         let normalized = match path::normalize(parts.uri.path()) {
             Ok(p) if !path::has_overlong_utf8(&p) => p,
-            _ => {
-                return (
-                    self.error(GatewayError::BadRequest, &parts.headers, &method),
-                    info,
-                );
-            }
+            _ => return bad(GatewayError::BadRequest),
         };
+        ControlFlow::Continue(Rewritten {
+            host: host_val,
+            normalized,
+        })
+    }
+
+    /// Routing (the start of Kong's access phase): the route, its names for the log
+    /// and metrics, and the protocol check (an https-only route hit over plain http).
+    fn route(
+        &self,
+        parts: &http::request::Parts,
+        method: &Method,
+        host_raw: Option<&str>,
+        normalized: &[u8],
+        info: &mut Info,
+    ) -> Phase<Routed<'a>> {
         let found = self.snap.router.find(&RequestInfo {
             method: method.as_str(),
             host: host_raw,
             listener_port: self.listener.port,
-            path: &normalized,
+            path: normalized,
             headers: &parts.headers,
             query: parts.uri.query(),
             tls: self.listener.tls,
@@ -444,23 +529,21 @@ impl Exchange<'_> {
             client_port: Some(self.peer.port()),
         });
         let Some(m) = found else {
-            let mut resp = self.error(GatewayError::NoRoute, &parts.headers, &method);
+            let mut resp = self.error(GatewayError::NoRoute, &parts.headers, method);
             run_header_filters(
                 &self.snap.global_chain,
                 None,
-                &method,
+                method,
                 &parts.headers,
                 resp.headers_mut(),
             );
-            return (resp, info);
+            return ControlFlow::Break(resp);
         };
-        let Some(compiled) = self.snap.routes.get(m.route) else {
-            return (
-                self.error(GatewayError::Internal, &parts.headers, &method),
-                info,
-            );
+        let snap: &'a Snapshot = self.snap;
+        let Some(compiled) = snap.routes.get(m.route) else {
+            return ControlFlow::Break(self.error(GatewayError::Internal, &parts.headers, method));
         };
-        let route: &Route = &self.snap.config.routes[compiled.index];
+        let route: &'a Route = &snap.config.routes[compiled.index];
         info.route = Some(Arc::clone(&compiled.name));
         info.service = compiled.upstream.as_ref().map(|u| Arc::clone(&u.name));
         info.metrics = Some(Arc::clone(compiled.metrics.get_or_init(|| {
@@ -470,7 +553,6 @@ impl Exchange<'_> {
             )
         })));
 
-        // Protocol check: an https-only route hit over plain http.
         let forwarded_https = self.gw.settings.trusted_ips.contains(self.peer.ip())
             && parts
                 .headers
@@ -479,7 +561,7 @@ impl Exchange<'_> {
         let is_https = self.listener.tls || forwarded_https;
         if !is_https && !route.http && route.https {
             let resp = if route.https_redirect_status_code == 426 {
-                self.error(GatewayError::HttpsRequired, &parts.headers, &method)
+                self.error(GatewayError::HttpsRequired, &parts.headers, method)
             } else {
                 let host = host_raw.map(strip_port).unwrap_or("");
                 let target = parts
@@ -497,14 +579,25 @@ impl Exchange<'_> {
                     .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
                 r
             };
-            return (resp, info);
+            return ControlFlow::Break(resp);
         }
+        ControlFlow::Continue(Routed { m, compiled, route })
+    }
 
+    /// access: the body, buffered only when a plugin of the chain reads it, then the
+    /// plugins in priority order; the first answer wins.
+    async fn access(
+        &self,
+        routed: &Routed<'a>,
+        parts: &mut http::request::Parts,
+        body: Incoming,
+        method: &Method,
+        info: &mut Info,
+    ) -> Phase<Accessed> {
+        let Routed { m, compiled, route } = routed;
         let chain: &[ChainLink] = &compiled.chain;
-        // The raw request target, before plugins change anything (X-Forwarded-Path).
         let raw_uri = parts.uri.clone();
 
-        // Buffer the body only when a plugin of this chain reads it.
         let mut buffered: Option<Bytes> = None;
         let mut stream: Option<Incoming> = Some(body);
         if chain.iter().any(|l| l.plugin.needs_body())
@@ -523,19 +616,18 @@ impl Exchange<'_> {
                         self.request_id,
                         method == Method::HEAD,
                     );
-                    return (resp, info);
+                    return ControlFlow::Break(resp);
                 }
             }
         }
 
-        // Access phase: plugins in priority order; the first answer wins.
         let mut auth = AuthState::default();
-        let mut overrides = crate::plugins::UpstreamOverrides::default();
+        let mut overrides = UpstreamOverrides::default();
         let mut answer: Option<Flow> = None;
         let mut mcp: Option<crate::mcp::Exchange> = None;
         {
             let mut ctx = RequestCtx {
-                method: &method,
+                method,
                 uri: &mut parts.uri,
                 headers: &mut parts.headers,
                 body: buffered.as_mut(),
@@ -584,19 +676,21 @@ impl Exchange<'_> {
                 .summary()
                 .map(|(m, n, ok)| (m.into(), n.map(Into::into), ok));
         }
-        match answer {
-            None | Some(Flow::Continue) => {}
-            Some(Flow::Wait(_)) => {
-                // A plugin that still cannot decide after its wait: a bug, not the
-                // client's fault, and never a pass.
-                let mut resp = self.error(GatewayError::Internal, &parts.headers, &method);
-                run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
-                return (resp, info);
+        let mut resp = match answer {
+            None | Some(Flow::Continue) => {
+                return ControlFlow::Continue(Accessed {
+                    raw_uri,
+                    buffered,
+                    stream,
+                    overrides,
+                    consumer,
+                    mcp,
+                });
             }
-            Some(Flow::Respond(mut resp)) => {
-                run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
-                return (resp, info);
-            }
+            // A plugin that still cannot decide after its wait: a bug, not the
+            // client's fault, and never a pass.
+            Some(Flow::Wait(_)) => self.error(GatewayError::Internal, &parts.headers, method),
+            Some(Flow::Respond(resp)) => resp,
             Some(Flow::Echo { status, message }) => {
                 let raw = match (buffered, stream) {
                     (Some(b), _) => Some(b),
@@ -607,10 +701,10 @@ impl Exchange<'_> {
                         .map(|c| c.to_bytes()),
                     (None, None) => None,
                 };
-                let mut resp = crate::plugins::request_termination::echo(
+                crate::plugins::request_termination::echo(
                     status,
                     message.as_deref(),
-                    &parts,
+                    parts,
                     raw,
                     self.listener,
                     &m.captures,
@@ -621,29 +715,49 @@ impl Exchange<'_> {
                         .and(route.service)
                         .map(|s| &self.snap.config.services[s]),
                 )
-                .await;
-                run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
-                return (resp, info);
+                .await
             }
-        }
+        };
+        run_header_filters(chain, consumer, method, &parts.headers, resp.headers_mut());
+        ControlFlow::Break(resp)
+    }
 
+    /// The upstream request (the first half of Kong's balancer phase): the service,
+    /// the strip_path/service path join (or a plugin's path), the forwarded headers,
+    /// the body as plugins left it.
+    fn upstream_request(
+        &self,
+        routed: &Routed<'a>,
+        rw: &Rewritten,
+        host_raw: Option<&str>,
+        mut parts: http::request::Parts,
+        method: &Method,
+        access: &mut Accessed,
+    ) -> Phase<(&'a UpstreamTarget, Request<Body>, Sent)> {
+        let Routed { m, compiled, route } = routed;
+        let chain: &[ChainLink] = &compiled.chain;
         let Some(upstream) = compiled.upstream.as_ref() else {
-            let mut resp = self.error(GatewayError::NoService, &parts.headers, &method);
-            run_header_filters(chain, consumer, &method, &parts.headers, resp.headers_mut());
-            return (resp, info);
+            let mut resp = self.error(GatewayError::NoService, &parts.headers, method);
+            run_header_filters(
+                chain,
+                access.consumer,
+                method,
+                &parts.headers,
+                resp.headers_mut(),
+            );
+            return ControlFlow::Break(resp);
         };
 
-        // Build the upstream request.
-        let escaped = path::escape(&normalized);
+        let escaped = path::escape(&rw.normalized);
         let (joined, escaped_match) = path::strip_and_join(
             upstream.path.as_deref(),
-            &normalized,
+            &rw.normalized,
             &escaped,
             m.matched_len,
             route.strip_path,
         );
         // A plugin's set_path (request-transformer replace.uri) replaces the join.
-        let mut target = overrides.path.take().unwrap_or(joined);
+        let mut target = access.overrides.path.take().unwrap_or(joined);
         if let Some(q) = parts.uri.query() {
             target.push('?');
             target.push_str(q);
@@ -652,19 +766,18 @@ impl Exchange<'_> {
         let uri = match http::Uri::builder().path_and_query(target).build() {
             Ok(u) => u,
             Err(_) => {
-                return (
-                    self.error(GatewayError::BadRequest, &parts.headers, &method),
-                    info,
-                );
+                return ControlFlow::Break(self.error(
+                    GatewayError::BadRequest,
+                    &parts.headers,
+                    method,
+                ));
             }
         };
 
-        // Errors after this point negotiate their body from these two headers.
         let accept = parts.headers.get(header::ACCEPT).cloned();
         let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
         let needs_req_headers = chain.iter().any(|l| l.plugin.has_header_filter());
-        // Only the few request headers response hooks read (CORS), not a full copy.
-        let saved_headers = needs_req_headers.then(|| {
+        let req_headers = needs_req_headers.then(|| {
             let mut kept = HeaderMap::new();
             for name in &crate::plugins::RESPONSE_PHASE_REQUEST_HEADERS {
                 for v in parts.headers.get_all(name) {
@@ -694,11 +807,11 @@ impl Exchange<'_> {
             host_raw,
             route.preserve_host,
             &upstream.host_header,
-            raw_uri.path(),
+            access.raw_uri.path(),
             prefix.as_deref(),
             version,
         );
-        if let Some(host) = overrides.host.take() {
+        if let Some(host) = access.overrides.host.take() {
             headers.insert(header::HOST, host);
         }
         if let Some(proto) = &upgrade {
@@ -708,7 +821,7 @@ impl Exchange<'_> {
                 HeaderValue::from_static("keep-alive, Upgrade"),
             );
         }
-        let up_body = match (buffered, stream) {
+        let up_body = match (access.buffered.take(), access.stream.take()) {
             (Some(b), _) => {
                 // Plugins may have changed the body: its length is the new one.
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
@@ -720,11 +833,33 @@ impl Exchange<'_> {
             (None, None) => body::empty(),
         };
         let mut up_req = Request::new(up_body);
-        *up_req.method_mut() = overrides.method.take().unwrap_or_else(|| method.clone());
+        *up_req.method_mut() = access
+            .overrides
+            .method
+            .take()
+            .unwrap_or_else(|| method.clone());
         *up_req.uri_mut() = uri;
         *up_req.headers_mut() = headers;
         *up_req.version_mut() = Version::HTTP_11;
+        ControlFlow::Continue((
+            upstream,
+            up_req,
+            Sent {
+                accept,
+                content_type,
+                req_headers,
+                client_upgrade,
+            },
+        ))
+    }
 
+    /// balancer: sends to the service's pool (retries included), timed.
+    async fn balancer(
+        &self,
+        upstream: &UpstreamTarget,
+        up_req: Request<Body>,
+        info: &mut Info,
+    ) -> Result<Response<Incoming>, (GatewayError, crate::body::BoxError)> {
         let sent_at = Instant::now();
         info.proxy_ms = Some(sent_at.duration_since(self.start).as_millis());
         let result = upstream::send(
@@ -739,31 +874,46 @@ impl Exchange<'_> {
         let upstream_time = sent_at.elapsed();
         info.upstream_ms = Some(upstream_time.as_millis());
         info.upstream_time = Some(upstream_time);
+        result
+    }
 
-        let req_headers = saved_headers.unwrap_or_default();
+    /// header_filter: the upstream's response head (hop-by-hop headers dropped, `Via`
+    /// added) or the gateway's error for a failed send, then the plugins' response
+    /// hooks (CORS). An accepted upgrade becomes a tunnel here.
+    #[allow(clippy::too_many_arguments)]
+    fn header_filter(
+        &self,
+        routed: &Routed<'a>,
+        upstream: &UpstreamTarget,
+        access: &Accessed,
+        sent: Sent,
+        method: &Method,
+        result: Result<Response<Incoming>, (GatewayError, crate::body::BoxError)>,
+        info: &mut Info,
+    ) -> Phase<(http::response::Parts, Incoming)> {
+        let chain: &[ChainLink] = &routed.compiled.chain;
+        let consumer = access.consumer;
+        let req_headers = sent.req_headers.unwrap_or_default();
         match result {
             Ok(resp) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(client_side) = client_upgrade
+                    && let Some(client_side) = sent.client_upgrade
                 {
-                    return (
-                        self.tunnel(
-                            resp,
-                            client_side,
-                            upstream.read_timeout,
-                            chain,
-                            consumer,
-                            &method,
-                            &req_headers,
-                        ),
-                        info,
-                    );
+                    return ControlFlow::Break(self.tunnel(
+                        resp,
+                        client_side,
+                        upstream.read_timeout,
+                        chain,
+                        consumer,
+                        method,
+                        &req_headers,
+                    ));
                 }
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     // 101 without an upgrade request: not something we can relay.
-                    let mut r = self.error(GatewayError::UpstreamInvalid, &req_headers, &method);
-                    run_header_filters(chain, consumer, &method, &req_headers, r.headers_mut());
-                    return (r, info);
+                    let mut r = self.error(GatewayError::UpstreamInvalid, &req_headers, method);
+                    run_header_filters(chain, consumer, method, &req_headers, r.headers_mut());
+                    return ControlFlow::Break(r);
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
@@ -776,19 +926,12 @@ impl Exchange<'_> {
                     None => HeaderValue::from_static(VIA_11),
                 };
                 rparts.headers.insert(header::VIA, via);
-                run_header_filters(chain, consumer, &method, &req_headers, &mut rparts.headers);
-                let mut body = rbody
-                    .map_err(|e| Box::new(e) as crate::body::BoxError)
-                    .boxed();
-                // Body filter (mcp-policy's list results); None for every other route.
-                if let Some(f) = mcp.and_then(|e| e.filter) {
-                    body = crate::mcp::filter_response(f, &mut rparts, body);
-                }
-                (Response::from_parts(rparts, body), info)
+                run_header_filters(chain, consumer, method, &req_headers, &mut rparts.headers);
+                ControlFlow::Continue((rparts, rbody))
             }
             Err((kind, err)) => {
                 tracing::warn!(
-                    route = route.display_name(),
+                    route = routed.route.display_name(),
                     service = &*upstream.name,
                     error = %err,
                     "upstream request failed"
@@ -797,15 +940,15 @@ impl Exchange<'_> {
                 info.upstream_time = None;
                 self.gw.metrics.upstream_error(&upstream.name, &kind);
                 let mut negotiate = HeaderMap::new();
-                if let Some(a) = accept {
+                if let Some(a) = sent.accept {
                     negotiate.insert(header::ACCEPT, a);
                 }
-                if let Some(c) = content_type {
+                if let Some(c) = sent.content_type {
                     negotiate.insert(header::CONTENT_TYPE, c);
                 }
-                let mut resp = self.error(kind, &negotiate, &method);
-                run_header_filters(chain, consumer, &method, &req_headers, resp.headers_mut());
-                (resp, info)
+                let mut resp = self.error(kind, &negotiate, method);
+                run_header_filters(chain, consumer, method, &req_headers, resp.headers_mut());
+                ControlFlow::Break(resp)
             }
         }
     }
@@ -986,6 +1129,22 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 /// `port` as a header value (X-Forwarded-Port).
 fn port_value(port: u16) -> HeaderValue {
     cached_value(&LAST_PORT, port, HeaderValue::from)
+}
+
+/// body_filter: the response body, through mcp-policy's list-result filter when the
+/// route has one (None for every other route).
+fn body_filter(
+    mcp: Option<crate::mcp::Exchange>,
+    rparts: &mut http::response::Parts,
+    rbody: Incoming,
+) -> Body {
+    let body = rbody
+        .map_err(|e| Box::new(e) as crate::body::BoxError)
+        .boxed();
+    match mcp.and_then(|e| e.filter) {
+        Some(f) => crate::mcp::filter_response(f, rparts, body),
+        None => body,
+    }
 }
 
 fn run_header_filters(
