@@ -68,3 +68,5 @@ pub mod yaml;
 // `snapshot` is part of the config layer (`config::compile` builds it); this keeps the
 // `snapshot::` path.
 pub use config::snapshot;
+// The CORS core moved beside its plugin; this keeps the `cors::` path.
+pub use plugins::cors::core as cors;
