@@ -162,10 +162,14 @@ fn generous(target: &str) -> String {
     format!("/{}", resolved.join("/"))
 }
 
-/// A path an upstream could read as the blocked area.
+/// A path an upstream could read as the blocked area: the blocked services' upstream
+/// paths, and the blocked routes' own paths arriving through the catch-all (which would
+/// mean the route was bypassed).
 fn blocked(target: &str) -> bool {
     let g = generous(target);
-    g.starts_with("/api/mcp") || g.starts_with("/api/ipmcp")
+    ["/api/mcp", "/api/ipmcp", "/mcp", "/ipmcp"]
+        .iter()
+        .any(|b| g.starts_with(b))
 }
 
 /// Every target that reached the upstream is harmless under the generous reading.
