@@ -711,7 +711,7 @@ const NGINX: &str = "/usr/sbin/nginx";
 async fn nginx(up: SocketAddr) -> Nginx {
     assert!(
         std::path::Path::new(NGINX).exists(),
-        "{NGINX} is missing: the nginx reference comparison needs Debian's nginx (apt-get install nginx-light)"
+        "{NGINX} is missing: the nginx reference comparison needs Debian's nginx (Debian package nginx: apt-get install -y nginx)"
     );
     let dir = tempfile::tempdir().unwrap();
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
