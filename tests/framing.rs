@@ -471,6 +471,14 @@ async fn a_body_malformed_after_streaming_began_is_a_400_and_aborts_upstream() {
     let line = log_with_status(&g, 400).await;
     assert_eq!(line["path"], "/stream", "{line}");
     assert_eq!(line["method"], "POST", "{line}");
+    // The client's fault: not counted as an upstream error.
+    let m = common::get(g.status_addr(), "/metrics").await.text();
+    assert!(m.contains("portcullis_"), "{m}");
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("portcullis_upstream_errors_total{")),
+        "{m}"
+    );
 
     // Cut short (client goes away mid-body): the upstream request is aborted too.
     let mut s = TcpStream::connect(g.proxy_addr()).await.unwrap();
