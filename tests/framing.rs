@@ -693,6 +693,34 @@ async fn wire_level_rejections_are_logged() {
         );
     }
     assert_nothing_upstream(&rec, "wire-level rejections").await;
+
+    // The combined format keeps nginx's shape, with "-" for the request it never read.
+    let yaml = format!(
+        "_format_version: \"3.0\"\nservices:\n  - name: rec\n    url: http://{}/\n    routes:\n      - paths: [/]\n",
+        rec.addr()
+    );
+    let mut c = GatewayProcess::run()
+        .config_yaml(&yaml)
+        .loopback()
+        .args(["--access-log", "combined"])
+        .start();
+    let out = exchange(
+        c.proxy_addr(),
+        b"GARBAGE\r\n\r\n",
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(first_status(&out), 400, "{out}");
+    let body_len = out.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+    let line = c.next_stdout_line(WAIT).await;
+    let re = regex::Regex::new(
+        r#"^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] "-" 400 (\d+) "-" "-"$"#,
+    )
+    .unwrap();
+    let caps = re
+        .captures(&line)
+        .unwrap_or_else(|| panic!("not combined: {line:?}"));
+    assert_eq!(caps[1].parse::<usize>().unwrap(), body_len, "{line}\n{out}");
 }
 
 // ---------------------------------------------------------------------------------
