@@ -787,15 +787,25 @@ impl Exchange<'_> {
                 (Response::from_parts(rparts, body), info)
             }
             Err((kind, err)) => {
+                // The client's body broke mid-stream (upstream::ClientBodyError): the
+                // client's fault, not counted against the upstream.
+                let client_fault = matches!(kind, GatewayError::BadRequest);
                 tracing::warn!(
                     route = route.display_name(),
                     service = &*upstream.name,
                     error = %err,
-                    "upstream request failed"
+                    "{}",
+                    if client_fault {
+                        "client request body failed; upstream request aborted"
+                    } else {
+                        "upstream request failed"
+                    }
                 );
                 info.upstream_ms = None;
                 info.upstream_time = None;
-                self.gw.metrics.upstream_error(&upstream.name, &kind);
+                if !client_fault {
+                    self.gw.metrics.upstream_error(&upstream.name, &kind);
+                }
                 let mut negotiate = HeaderMap::new();
                 if let Some(a) = accept {
                     negotiate.insert(header::ACCEPT, a);
