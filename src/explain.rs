@@ -23,6 +23,49 @@ pub struct Request {
     pub body: Option<bytes::Bytes>,
 }
 
+/// Builds the request to explain from its command-line (or dashboard form) parts;
+/// the Host header defaults to the URL's authority.
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[String],
+    client_ip: IpAddr,
+    body: Option<bytes::Bytes>,
+) -> Result<Request, String> {
+    let method = Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("invalid method '{method}'"))?;
+    let uri: Uri = url
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid URL '{url}': {e}"))?;
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (n, v) = parse_header(h)?;
+        map.append(n, v);
+    }
+    if !map.contains_key(http::header::HOST)
+        && let Some(a) = uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        map.insert(http::header::HOST, v);
+    }
+    Ok(Request {
+        method,
+        uri,
+        headers: map,
+        client_ip,
+        body,
+    })
+}
+
+/// The verdict line of an explanation (what follows `verdict:`).
+pub fn verdict(explanation: &str) -> Option<&str> {
+    explanation
+        .lines()
+        .find_map(|l| l.strip_prefix("verdict:"))
+        .map(str::trim)
+}
+
 /// Parses `-H 'Name: value'` arguments.
 pub fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = h

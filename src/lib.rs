@@ -13,7 +13,8 @@
 //! - `server`: worker threads (one runtime and one SO_REUSEPORT socket per address each),
 //!   listeners (HTTP/1.1 and HTTP/2, cleartext and TLS), limits, the status
 //!   endpoint, graceful shutdown; `tls`: certificates (server and upstream);
-//!   `metrics`: the Prometheus counters behind /metrics
+//!   `metrics`: the Prometheus counters behind /metrics; `dashboard`: the read-only
+//!   page and JSON on the status listener
 //!
 //! The life of one request: the server accepts and calls `proxy::handle`, which loads
 //! the snapshot once (a reload midway doesn't affect it), computes the real client IP,
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod consumers;
 pub mod cors;
+pub mod dashboard;
 pub mod error;
 pub mod explain;
 pub mod idle_timeout;

@@ -103,11 +103,12 @@ impl Gateway {
         let rate_limits =
             crate::plugins::rate_limiting::Store::new(metrics.ratelimit_redis_errors());
         rate_limits.bind(&snapshot);
+        let status = crate::reload::initial_status(&snapshot);
         Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             settings,
             clients,
-            status: std::sync::Mutex::new(ReloadStatus::default()),
+            status: std::sync::Mutex::new(status),
             metrics,
             rate_limits,
             tls: None,
@@ -132,6 +133,8 @@ pub struct ReloadStatus {
     pub reloads_failed: u64,
     /// Reloads that found the file identical to the running config (nothing swapped).
     pub reloads_unchanged: u64,
+    /// The latest config loads, oldest first (the dashboard's reload history).
+    pub history: std::collections::VecDeque<crate::reload::Record>,
 }
 
 /// What the listener knows about the connection.

@@ -71,6 +71,53 @@ impl Trigger {
     }
 }
 
+/// Config loads the reload history keeps (the oldest are dropped).
+pub const HISTORY: usize = 50;
+
+/// One config load, as the dashboard's reload history shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub at: std::time::SystemTime,
+    /// The generation serving after this load (the old one when it failed).
+    pub generation: u64,
+    /// The sha256 of the config serving after this load.
+    pub hash: String,
+    pub outcome: RecordOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The first load, at start.
+    Initial,
+    Reloaded,
+    /// The file went back to the running config after a failed reload.
+    Unchanged,
+    /// Rejected: every error, `file:line:col: message`.
+    Failed(Vec<String>),
+}
+
+impl crate::proxy::ReloadStatus {
+    /// Appends `r` to the history, dropping the oldest past [`HISTORY`].
+    pub fn record(&mut self, r: Record) {
+        if self.history.len() >= HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(r);
+    }
+}
+
+/// The status of a gateway that just loaded `snap`: its load is the history's first entry.
+pub fn initial_status(snap: &crate::snapshot::Snapshot) -> crate::proxy::ReloadStatus {
+    let mut st = crate::proxy::ReloadStatus::default();
+    st.record(Record {
+        at: snap.loaded_at,
+        generation: snap.generation,
+        hash: snap.config_hash.clone(),
+        outcome: RecordOutcome::Initial,
+    });
+    st
+}
+
 /// Reloads are rare and short; one process-wide lock keeps two reloaders (the watcher
 /// and a SIGHUP, or a caller of `reload`) from installing an older file over a newer
 /// one, and keeps generations strictly increasing.
@@ -91,21 +138,35 @@ pub fn reload(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
         Ok(Outcome::Unchanged(_)) => crate::metrics::ReloadOutcome::Unchanged,
         Err(_) => crate::metrics::ReloadOutcome::Failed,
     });
+    let snap = gw.snapshot.load();
+    let record = |outcome| Record {
+        at: std::time::SystemTime::now(),
+        generation: snap.generation,
+        hash: snap.config_hash.clone(),
+        outcome,
+    };
     let mut st = gw.status.lock().unwrap_or_else(PoisonError::into_inner);
     match &result {
         Ok(Outcome::Reloaded(_)) => {
             st.reloads_ok += 1;
             st.last_reload_error = None;
+            st.record(record(RecordOutcome::Reloaded));
         }
         Ok(Outcome::Unchanged(_)) => {
             st.reloads_unchanged += 1;
             // The file now says what is serving (e.g. a bad edit was reverted), so the
-            // earlier error no longer describes it.
-            st.last_reload_error = None;
+            // earlier error no longer describes it. Only that case is worth a history
+            // entry: touches without change are routine.
+            if st.last_reload_error.take().is_some() {
+                st.record(record(RecordOutcome::Unchanged));
+            }
         }
         Err(errs) => {
             st.reloads_failed += 1;
             st.last_reload_error = Some(errs.to_string());
+            st.record(record(RecordOutcome::Failed(
+                errs.0.iter().map(ToString::to_string).collect(),
+            )));
         }
     }
     result
