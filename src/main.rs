@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a config file: exit 0 if valid, else 1 listing every error.
     Check(ConfigArg),
     /// Show what the gateway would do with a request, without sending anything.

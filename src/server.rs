@@ -671,7 +671,9 @@ pub async fn run_status_with(
     let access = Access::decide(&dashboard, listener.local_addr()?);
     match &access {
         Access::Off(why) => tracing::info!("{why}"),
-        Access::Local => tracing::info!("dashboard on the status listener (loopback, no credentials)"),
+        Access::Local => {
+            tracing::info!("dashboard on the status listener (loopback, no credentials)")
+        }
         Access::Basic(_) => tracing::info!("dashboard on the status listener (basic auth)"),
     }
     let dash = Arc::new(Dashboard::new(access));

@@ -101,7 +101,10 @@ impl Dashboard {
 
     /// Samples the gateway's counters every [`traffic::INTERVAL`] until dropped
     /// (abort the returned task). Nothing runs when the dashboard is off.
-    pub fn spawn_sampler(self: &Arc<Self>, gw: Arc<Gateway>) -> Option<tokio::task::JoinHandle<()>> {
+    pub fn spawn_sampler(
+        self: &Arc<Self>,
+        gw: Arc<Gateway>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if matches!(self.access, Access::Off(_)) {
             return None;
         }
@@ -203,21 +206,31 @@ impl Dashboard {
                     .get(http::header::AUTHORIZATION)
                     .and_then(|h| h.to_str().ok())
                     .and_then(|h| h.strip_prefix("Basic ").or(h.strip_prefix("basic ")))
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+                    .and_then(|b| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b.trim())
+                            .ok()
+                    })
                     .map(|b| -> [u8; 32] { sha2::Sha256::digest(b).into() });
                 let ok = given.is_some_and(|g| {
                     // Constant time: the digests differ anywhere or nowhere.
-                    g.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+                    g.iter()
+                        .zip(want.iter())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
                 });
-                (!ok).then(|| {
-                    let mut r = plain(StatusCode::UNAUTHORIZED, "credentials required\n");
-                    r.headers_mut().insert(
-                        http::header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Basic realm=\"portcullis dashboard\", charset=\"UTF-8\""),
-                    );
-                    Some(r)
-                })
-                .flatten()
+                (!ok)
+                    .then(|| {
+                        let mut r = plain(StatusCode::UNAUTHORIZED, "credentials required\n");
+                        r.headers_mut().insert(
+                            http::header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(
+                                "Basic realm=\"portcullis dashboard\", charset=\"UTF-8\"",
+                            ),
+                        );
+                        Some(r)
+                    })
+                    .flatten()
             }
         }
     }
@@ -286,7 +299,10 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
 /// No caching, no framing, nothing loaded from elsewhere.
 fn secure(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
-    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     h.insert(
         http::header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -344,10 +360,9 @@ fn plugin_summary(p: &crate::plugins::Plugin) -> Value {
         }),
         Plugin::RateLimiting(r) => json!({ "limits": r.explain() }),
         Plugin::RequestTransformer(t) => json!({ "does": t.explain() }),
-        Plugin::Cors(_)
-        | Plugin::BasicAuth(_)
-        | Plugin::McpOrigin(_)
-        | Plugin::McpPolicy(_) => json!({}),
+        Plugin::Cors(_) | Plugin::BasicAuth(_) | Plugin::McpOrigin(_) | Plugin::McpPolicy(_) => {
+            json!({})
+        }
     }
 }
 
@@ -579,7 +594,12 @@ async fn explain(snap: &Snapshot, req: Request<Incoming>) -> Result<Value, (Stat
     let bytes = Limited::new(req.into_body(), EXPLAIN_MAX)
         .collect()
         .await
-        .map_err(|e| (StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the body: {e}")))?
+        .map_err(|e| {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the body: {e}"),
+            )
+        })?
         .to_bytes();
     let form: ExplainForm =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
@@ -597,8 +617,8 @@ async fn explain(snap: &Snapshot, req: Request<Incoming>) -> Result<Value, (Stat
             .map_err(|_| bad(format!("invalid client_ip '{s}'")))?,
     };
     let body = form.body.filter(|b| !b.is_empty()).map(bytes::Bytes::from);
-    let r = crate::explain::request(&form.method, &form.url, &headers, client_ip, body)
-        .map_err(bad)?;
+    let r =
+        crate::explain::request(&form.method, &form.url, &headers, client_ip, body).map_err(bad)?;
     let text = crate::explain::explain(snap, &r).await;
     Ok(json!({
         "verdict": crate::explain::verdict(&text),
@@ -617,7 +637,9 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:8100".parse().unwrap();
         let none = Options::default();
         assert_eq!(Access::decide(&none, lo), Access::Local);
-        assert!(matches!(Access::decide(&none, any), Access::Off(m) if m.contains("--dashboard-user")));
+        assert!(
+            matches!(Access::decide(&none, any), Access::Off(m) if m.contains("--dashboard-user"))
+        );
         let creds = Options {
             user: Some("ops".into()),
             password: Some("pw".into()),
@@ -629,16 +651,20 @@ mod tests {
             ..Options::default()
         };
         assert!(matches!(Access::decide(&half, lo), Access::Off(_)));
-        let off = Options {
-            off: true,
-            ..creds
-        };
+        let off = Options { off: true, ..creds };
         assert!(matches!(Access::decide(&off, lo), Access::Off(_)));
     }
 
     #[test]
     fn local_hosts() {
-        for h in ["localhost", "localhost:8100", "127.0.0.1:8100", "[::1]:8100", "::1", "app.localhost"] {
+        for h in [
+            "localhost",
+            "localhost:8100",
+            "127.0.0.1:8100",
+            "[::1]:8100",
+            "::1",
+            "app.localhost",
+        ] {
             assert!(local_host(h), "{h}");
         }
         for h in ["evil.example", "evil.example:8100", "127.0.0.1.nip.io", ""] {

@@ -53,7 +53,8 @@ impl Sample {
                     s.routes.entry(route.to_string()).or_default()[i] += value as u64;
                 }
                 "upstream_duration_seconds_bucket" => {
-                    let (Some(service), Some(le)) = (label(&labels, "service"), label(&labels, "le"))
+                    let (Some(service), Some(le)) =
+                        (label(&labels, "service"), label(&labels, "le"))
                     else {
                         continue;
                     };
@@ -81,8 +82,11 @@ impl Sample {
     }
 }
 
+/// A sample line's labels, unescaped.
+type Labels = Vec<(String, String)>;
+
 /// `name{labels} value` → (name, labels, value); None for comments and other lines.
-fn split_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn split_line(line: &str) -> Option<(&str, Labels, f64)> {
     if line.starts_with('#') {
         return None;
     }
