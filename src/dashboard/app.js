@@ -15,7 +15,7 @@ function el(tag, attrs, ...children) {
     else if (k === "text") e.textContent = v;
     else e.setAttribute(k, v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -149,7 +149,8 @@ function renderTraffic(doc) {
   const totals = new Array(n).fill(0).map((_, i) => stacks.reduce((a, s) => a + s[i], 0));
   const max = Math.max(1, ...totals);
   chart.replaceChildren();
-  const slots = 300;
+  // At least a minute wide, so a fresh gateway's first seconds are not a sliver.
+  const slots = Math.max(60, n);
   const step = W / slots;
   const x0 = W - n * step;
   const base = new Array(n).fill(0);
