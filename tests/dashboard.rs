@@ -67,6 +67,16 @@ services:
         config:
           status_code: 403
           message: "Access is forbidden."
+  - name: limited
+    url: http://{upstream}
+    routes:
+      - name: limited
+        paths: [/limited]
+        plugins:
+          - name: rate-limiting
+            config:
+              minute: 1
+              policy: local
 "#
     )
 }
@@ -139,7 +149,10 @@ fn json_endpoints_show_routes_traffic_reloads_and_explain_without_secrets() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["open", "keyed", "basic", "lua", "mcp", "closed"]);
+    assert_eq!(
+        names,
+        ["open", "keyed", "basic", "lua", "mcp", "closed", "limited"]
+    );
     assert_eq!(routes["generation"], 1);
     let open = route(&routes, "open");
     assert_eq!(open["state"], "open");
@@ -253,6 +266,27 @@ fn json_endpoints_show_routes_traffic_reloads_and_explain_without_secrets() {
         assert_eq!(code, 0, "{out}");
         assert_eq!(doc["verdict"], verdict(&out), "{url} from {ip}");
     }
+    // Explaining spends no one's allowance: the first real request still passes.
+    for _ in 0..3 {
+        let r = request(
+            status,
+            "POST",
+            "/api/explain",
+            &[("content-type", "application/json")],
+            r#"{"method":"GET","url":"http://localhost:8000/limited"}"#,
+        );
+        assert_eq!(r.status, 200);
+        assert!(
+            r.json()["verdict"]
+                .as_str()
+                .unwrap()
+                .starts_with("proxied to service 'limited'"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(get(gw.proxy, "/limited").status, 200);
+    assert_eq!(get(gw.proxy, "/limited").status, 429);
     let bad = seen.keep(request(
         status,
         "POST",

@@ -5,7 +5,7 @@
 const SVGNS = "http://www.w3.org/2000/svg";
 const CLASSES = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const COLORS = { "1xx": "#8e8e8e", "2xx": "#2e9d5b", "3xx": "#3b7dd8", "4xx": "#e08a1e", "5xx": "#d03b3b" };
-const state = { generation: null, routes: [], rps: {} };
+const state = { generation: null, routes: [], classes: {} };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -55,14 +55,18 @@ function pluginChip(p) {
   const details = [];
   const c = p.config || {};
   if (p.name === "request-termination") details.push(c.status + (c.message ? " " + JSON.stringify(c.message) : "") + (c.trigger ? " if " + c.trigger : ""));
-  if (p.name === "ip-restriction") details.push("allow " + c.allow_ranges + " range(s), deny " + c.deny_ranges);
+  if (p.name === "ip-restriction") {
+    const list = (l, n) => (l.length ? l.join(" ") : "none") + (l.length >= 20 ? ` … (${n} merged ranges)` : "");
+    details.push("allow " + list(c.allow, c.allow_ranges), "deny " + list(c.deny, c.deny_ranges));
+  }
   if (p.name === "acl") details.push(c.mode + " " + (c.groups || []).join(","));
   if (p.name === "key-auth") details.push((c.key_names || []).join(","));
   if (p.name === "oauth2-resource") details.push(c.issuer);
   if (p.name === "rate-limiting") details.push(c.limits);
   if (p.consumer) details.push("consumer " + p.consumer);
   const chip = el("span", { class: cls, title: p.scope + " plugin, priority " + p.priority + (details.length ? "\n" + details.join("\n") : "") },
-    p.name, el("span", { class: "at", text: p.at.replace(/^.*\//, "") }));
+    p.name, el("span", { class: "at", text: p.at.replace(/^.*\//, "") }),
+    p.guard && details.length ? el("span", { class: "detail", text: details.join("; ") }) : null);
   const out = [chip];
   if (c.access && c.access.length) {
     for (const src of c.access) out.push(el("pre", { class: "lua", text: src }));
@@ -70,14 +74,18 @@ function pluginChip(p) {
   return out;
 }
 
-function sparkline(values) {
+// One route's last minute: a line per status class that had requests.
+function sparkline(classes) {
   const w = 90, h = 22;
   const s = svg("svg", { class: "spark", viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none" });
-  const pts = values.slice(-60);
-  const max = Math.max(1, ...pts);
-  const step = pts.length > 1 ? w / (pts.length - 1) : w;
-  const d = pts.map((v, i) => `${(i * step).toFixed(1)},${(h - 1 - (v / max) * (h - 2)).toFixed(1)}`).join(" ");
-  if (pts.length) s.append(svg("polyline", { points: d, fill: "none", stroke: "#3b7dd8", "stroke-width": "1.2" }));
+  if (!classes) return s;
+  const series = CLASSES.map((c) => [c, (classes[c] || []).slice(-60)]).filter(([, v]) => v.some((x) => x > 0));
+  const max = Math.max(1, ...series.flatMap(([, v]) => v));
+  for (const [c, pts] of series) {
+    const step = pts.length > 1 ? w / (pts.length - 1) : w;
+    const d = pts.map((v, i) => `${(i * step).toFixed(1)},${(h - 1 - (v / max) * (h - 2)).toFixed(1)}`).join(" ");
+    s.append(svg("polyline", { points: d, fill: "none", stroke: COLORS[c], "stroke-width": "1.3", "class": "spark-" + c }));
+  }
   return s;
 }
 
@@ -104,7 +112,7 @@ function renderRoutes(doc) {
       el("td", {}, r.service ? [r.service.name, el("div", { class: "muted mono", text: r.service.url })] : el("span", { class: "muted", text: "none (503)" })),
       el("td", {}, r.chain.length ? r.chain.map(pluginChip) : el("span", { class: "muted", text: "none" })),
       el("td", {}, stateBadge(r.state)),
-      el("td", { class: "rps", "data-route": r.name }, sparkline(state.rps[r.name] || []))));
+      el("td", { class: "rps", "data-route": r.name }, sparkline(state.classes[r.name]))));
   }
   const g = document.getElementById("global-plugins");
   g.replaceChildren(...(doc.global_plugins.length ? doc.global_plugins.map(pluginChip).flat() : [el("span", { class: "muted", text: "none" })]));
@@ -141,9 +149,9 @@ function renderTraffic(doc) {
   const n = doc.times.length;
   const W = 600, H = 120;
   const stacks = CLASSES.map(() => new Array(n).fill(0));
-  state.rps = {};
+  state.classes = {};
   for (const r of doc.routes) {
-    state.rps[r.route || "(no route)"] = r.rps;
+    state.classes[r.route || "(no route)"] = r.classes;
     CLASSES.forEach((c, ci) => r.classes[c].forEach((v, i) => { stacks[ci][i] += v; }));
   }
   const totals = new Array(n).fill(0).map((_, i) => stacks.reduce((a, s) => a + s[i], 0));
@@ -171,7 +179,7 @@ function renderTraffic(doc) {
   chart.append(label);
   const now = totals.length ? totals[totals.length - 1] : 0;
   document.getElementById("traffic-now").textContent = `now ${now.toFixed(1)} rps across ${doc.routes.length} route(s)`;
-  for (const td of document.querySelectorAll("td.rps")) td.replaceChildren(sparkline(state.rps[td.dataset.route] || []));
+  for (const td of document.querySelectorAll("td.rps")) td.replaceChildren(sparkline(state.classes[td.dataset.route]));
   const tbody = document.querySelector("#latency tbody");
   tbody.replaceChildren();
   for (const s of doc.services) {

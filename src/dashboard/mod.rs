@@ -339,6 +339,8 @@ fn plugin_summary(p: &crate::plugins::Plugin) -> Value {
         }),
         Plugin::IpRestriction(r) => json!({
             "status": r.status.as_u16(),
+            "allow": r.listed[0],
+            "deny": r.listed[1],
             "allow_ranges": r.allow.interval_count(),
             "deny_ranges": r.deny.interval_count(),
         }),
