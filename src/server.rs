@@ -1,6 +1,6 @@
 //! Listeners: the proxy listeners (HTTP/1.1 and HTTP/2 on one port, cleartext with h2
 //! prior knowledge, or TLS with ALPN `h2`/`http/1.1`), their limits, and the status
-//! listener (/health, /status, /metrics), with graceful shutdown.
+//! listener (/health, /status, /metrics, and the `dashboard`), with graceful shutdown.
 //!
 //! Limits, with nginx's answers as Kong gives them:
 //! - request head (request line + headers) over `max_header_bytes` → 400

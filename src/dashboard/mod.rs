@@ -219,18 +219,17 @@ impl Dashboard {
                         .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                         == 0
                 });
-                (!ok)
-                    .then(|| {
-                        let mut r = plain(StatusCode::UNAUTHORIZED, "credentials required\n");
-                        r.headers_mut().insert(
-                            http::header::WWW_AUTHENTICATE,
-                            HeaderValue::from_static(
-                                "Basic realm=\"portcullis dashboard\", charset=\"UTF-8\"",
-                            ),
-                        );
-                        Some(r)
-                    })
-                    .flatten()
+                if ok {
+                    return None;
+                }
+                let mut r = plain(StatusCode::UNAUTHORIZED, "credentials required\n");
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Basic realm=\"portcullis dashboard\", charset=\"UTF-8\"",
+                    ),
+                );
+                Some(r)
             }
         }
     }
