@@ -4,12 +4,14 @@
 use crate::access_log::{self, LoggedBody, Record};
 use crate::body::{self, Body};
 use crate::config::model::Route;
+use crate::config::snapshot::{ChainLink, Snapshot};
+pub use crate::context::{Listener, captures_json};
 use crate::error::GatewayError;
+pub use crate::error::SERVER;
 use crate::ipset::{IpSet, real_client_ip};
 use crate::path;
 use crate::plugins::{AuthState, Flow, RequestCtx};
-use crate::router::{Captures, RequestInfo};
-use crate::snapshot::{ChainLink, Snapshot};
+use crate::router::RequestInfo;
 use crate::upstream;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -27,7 +29,6 @@ const BUFFERED_BODY_LIMIT: usize = 8 << 20;
 /// The most of a request body request-termination's `echo` reads.
 const ECHO_BODY_LIMIT: usize = 1 << 20;
 
-pub const SERVER: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
 const VIA_11: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
 const VIA_2: &str = concat!("2 portcullis/", env!("CARGO_PKG_VERSION"));
 const VIA_10: &str = concat!("1.0 portcullis/", env!("CARGO_PKG_VERSION"));
@@ -54,7 +55,7 @@ pub struct Settings {
     pub real_ip_recursive: bool,
     pub access_log: access_log::Format,
     /// Request and connection limits (see `server::Limits`).
-    pub limits: crate::server::Limits,
+    pub limits: crate::limits::Limits,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -66,7 +67,7 @@ impl Default for Settings {
             real_ip_header: X_REAL_IP.clone(),
             real_ip_recursive: false,
             access_log: access_log::Format::Combined,
-            limits: crate::server::Limits::default(),
+            limits: crate::limits::Limits::default(),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -102,8 +103,8 @@ impl Gateway {
         let metrics = crate::metrics::Metrics::new();
         let rate_limits =
             crate::plugins::rate_limiting::Store::new(metrics.ratelimit_redis_errors());
-        rate_limits.bind(&snapshot);
-        let status = crate::reload::initial_status(&snapshot);
+        rate_limits.bind(snapshot.rate_limiting());
+        let status = ReloadStatus::initial(&snapshot);
         Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             settings,
@@ -134,14 +135,54 @@ pub struct ReloadStatus {
     /// Reloads that found the file identical to the running config (nothing swapped).
     pub reloads_unchanged: u64,
     /// The latest config loads, oldest first (the dashboard's reload history).
-    pub history: std::collections::VecDeque<crate::reload::Record>,
+    pub history: std::collections::VecDeque<ReloadRecord>,
 }
 
-/// What the listener knows about the connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Listener {
-    pub port: u16,
-    pub tls: bool,
+/// Config loads the reload history keeps (the oldest are dropped).
+pub const RELOAD_HISTORY: usize = 50;
+
+/// One config load, as the dashboard's reload history shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadRecord {
+    pub at: std::time::SystemTime,
+    /// The generation serving after this load (the old one when it failed).
+    pub generation: u64,
+    /// The sha256 of the config serving after this load.
+    pub hash: String,
+    pub outcome: ReloadOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The first load, at start.
+    Initial,
+    Reloaded,
+    /// The file went back to the running config after a failed reload.
+    Unchanged,
+    /// Rejected: every error, `file:line:col: message`.
+    Failed(Vec<String>),
+}
+
+impl ReloadStatus {
+    /// The status of a gateway that just loaded `snap`: its load is the history's first entry.
+    pub fn initial(snap: &Snapshot) -> ReloadStatus {
+        let mut st = ReloadStatus::default();
+        st.record(ReloadRecord {
+            at: snap.loaded_at,
+            generation: snap.generation,
+            hash: snap.config_hash.clone(),
+            outcome: ReloadOutcome::Initial,
+        });
+        st
+    }
+
+    /// Appends `r` to the history, dropping the oldest past [`RELOAD_HISTORY`].
+    pub fn record(&mut self, r: ReloadRecord) {
+        if self.history.len() >= RELOAD_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(r);
+    }
 }
 
 /// A cheap unique request id (32 hex digits): a per-process random prefix and a counter.
@@ -993,7 +1034,7 @@ fn run_header_filters(
     req: &HeaderMap,
     resp: &mut HeaderMap,
 ) {
-    for link in crate::snapshot::select(chain, consumer) {
+    for link in crate::config::snapshot::select(chain, consumer) {
         link.plugin.header_filter(method, req, resp);
     }
 }
@@ -1110,21 +1151,4 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-}
-
-pub fn captures_json(c: &Captures) -> serde_json::Value {
-    let unnamed: Vec<serde_json::Value> = c
-        .numbered
-        .iter()
-        .map(|v| match v {
-            Some(s) => serde_json::Value::String(s.clone()),
-            None => serde_json::Value::Null,
-        })
-        .collect();
-    let named: serde_json::Map<String, serde_json::Value> = c
-        .named
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    serde_json::json!({ "unnamed": unnamed, "named": named })
 }

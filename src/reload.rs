@@ -21,9 +21,9 @@
 //! (a symlink swap names `..data`, not the file); what decides is the file's content
 //! hash, read through the path as given, compared with the running config's.
 
-use crate::config::raw::Pos;
 use crate::config::{self, ConfigError, ConfigErrors};
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, ReloadOutcome, ReloadRecord};
+use crate::yaml::raw::Pos;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::Digest;
@@ -71,53 +71,6 @@ impl Trigger {
     }
 }
 
-/// Config loads the reload history keeps (the oldest are dropped).
-pub const HISTORY: usize = 50;
-
-/// One config load, as the dashboard's reload history shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub at: std::time::SystemTime,
-    /// The generation serving after this load (the old one when it failed).
-    pub generation: u64,
-    /// The sha256 of the config serving after this load.
-    pub hash: String,
-    pub outcome: RecordOutcome,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RecordOutcome {
-    /// The first load, at start.
-    Initial,
-    Reloaded,
-    /// The file went back to the running config after a failed reload.
-    Unchanged,
-    /// Rejected: every error, `file:line:col: message`.
-    Failed(Vec<String>),
-}
-
-impl crate::proxy::ReloadStatus {
-    /// Appends `r` to the history, dropping the oldest past [`HISTORY`].
-    pub fn record(&mut self, r: Record) {
-        if self.history.len() >= HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(r);
-    }
-}
-
-/// The status of a gateway that just loaded `snap`: its load is the history's first entry.
-pub fn initial_status(snap: &crate::snapshot::Snapshot) -> crate::proxy::ReloadStatus {
-    let mut st = crate::proxy::ReloadStatus::default();
-    st.record(Record {
-        at: snap.loaded_at,
-        generation: snap.generation,
-        hash: snap.config_hash.clone(),
-        outcome: RecordOutcome::Initial,
-    });
-    st
-}
-
 /// Reloads are rare and short; one process-wide lock keeps two reloaders (the watcher
 /// and a SIGHUP, or a caller of `reload`) from installing an older file over a newer
 /// one, and keeps generations strictly increasing.
@@ -139,7 +92,7 @@ pub fn reload(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
         Err(_) => crate::metrics::ReloadOutcome::Failed,
     });
     let snap = gw.snapshot.load();
-    let record = |outcome| Record {
+    let record = |outcome| ReloadRecord {
         at: std::time::SystemTime::now(),
         generation: snap.generation,
         hash: snap.config_hash.clone(),
@@ -150,7 +103,7 @@ pub fn reload(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
         Ok(Outcome::Reloaded(_)) => {
             st.reloads_ok += 1;
             st.last_reload_error = None;
-            st.record(record(RecordOutcome::Reloaded));
+            st.record(record(ReloadOutcome::Reloaded));
         }
         Ok(Outcome::Unchanged(_)) => {
             st.reloads_unchanged += 1;
@@ -158,13 +111,13 @@ pub fn reload(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
             // earlier error no longer describes it. Only that case is worth a history
             // entry: touches without change are routine.
             if st.last_reload_error.take().is_some() {
-                st.record(record(RecordOutcome::Unchanged));
+                st.record(record(ReloadOutcome::Unchanged));
             }
         }
         Err(errs) => {
             st.reloads_failed += 1;
             st.last_reload_error = Some(errs.to_string());
-            st.record(record(RecordOutcome::Failed(
+            st.record(record(ReloadOutcome::Failed(
                 errs.0.iter().map(ToString::to_string).collect(),
             )));
         }
@@ -191,7 +144,7 @@ fn load_if_changed(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
     let generation = current.generation + 1;
     let snap = config::load_bytes(&name, &bytes, generation, &gw.clients)?;
     // Plugins whose scope and config are unchanged keep their counters.
-    gw.rate_limits.bind(&snap);
+    gw.rate_limits.bind(snap.rate_limiting());
     gw.snapshot.store(Arc::new(snap));
     Ok(Outcome::Reloaded(generation))
 }

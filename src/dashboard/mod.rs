@@ -22,8 +22,8 @@
 pub mod traffic;
 
 use crate::body::{self, Body};
+use crate::config::snapshot::Snapshot;
 use crate::proxy::Gateway;
-use crate::snapshot::Snapshot;
 use base64::Engine;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -319,7 +319,7 @@ fn secure(mut r: Response<Body>) -> Response<Body> {
     r
 }
 
-fn at(file: &str, pos: crate::config::raw::Pos) -> String {
+fn at(file: &str, pos: crate::yaml::raw::Pos) -> String {
     format!("{file}:{}:{}", pos.line, pos.col)
 }
 
@@ -391,7 +391,7 @@ pub fn routes(snap: &Snapshot) -> Value {
             .map(|c| c.username.clone().unwrap_or_else(|| c.id.clone()))
             .unwrap_or_default()
     };
-    let chain_json = |chain: &[crate::snapshot::ChainLink]| -> Vec<Value> {
+    let chain_json = |chain: &[crate::config::snapshot::ChainLink]| -> Vec<Value> {
         chain
             .iter()
             .map(|l| {
@@ -408,7 +408,7 @@ pub fn routes(snap: &Snapshot) -> Value {
             .collect()
     };
     let mut mcp = Vec::new();
-    let mut list: Vec<(usize, &crate::snapshot::CompiledRoute)> =
+    let mut list: Vec<(usize, &crate::config::snapshot::CompiledRoute)> =
         snap.routes.iter().enumerate().collect();
     list.sort_by_key(|(_, r)| r.index);
     let routes: Vec<Value> = list
@@ -517,12 +517,12 @@ pub fn reloads(gw: &Gateway, snap: &Snapshot) -> Value {
         .iter()
         .rev()
         .map(|r| {
-            use crate::reload::RecordOutcome;
+            use crate::proxy::ReloadOutcome;
             let (outcome, errors) = match &r.outcome {
-                RecordOutcome::Initial => ("loaded", Vec::new()),
-                RecordOutcome::Reloaded => ("reloaded", Vec::new()),
-                RecordOutcome::Unchanged => ("unchanged", Vec::new()),
-                RecordOutcome::Failed(e) => ("failed", e.clone()),
+                ReloadOutcome::Initial => ("loaded", Vec::new()),
+                ReloadOutcome::Reloaded => ("reloaded", Vec::new()),
+                ReloadOutcome::Unchanged => ("unchanged", Vec::new()),
+                ReloadOutcome::Failed(e) => ("failed", e.clone()),
             };
             json!({
                 "at": rfc3339(r.at),
