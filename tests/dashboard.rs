@@ -329,13 +329,29 @@ fn json_endpoints_show_routes_traffic_reloads_and_explain_without_secrets() {
     assert_eq!(h["generation"], 1);
     assert_eq!(h["errors"][0], first_error);
     assert_eq!(failed["current"]["generation"], 1);
+    // Reverting the bad edit: the serving config again, worth a line.
+    std::fs::write(&gw.config, &yaml).unwrap();
+    let reverted = poll("the revert in the history", || {
+        let r = seen.keep(get(status, "/api/reloads")).json();
+        (r["history"][0]["outcome"] == "unchanged").then_some(r)
+    });
+    assert_eq!(reverted["history"][0]["ok"], true);
+    assert_eq!(reverted["last_error"], Value::Null);
     std::fs::write(&gw.config, yaml.replace("/open", "/opened")).unwrap();
     let reloaded = poll("the good reload in the history", || {
         let r = seen.keep(get(status, "/api/reloads")).json();
         (r["history"][0]["outcome"] == "reloaded").then_some(r)
     });
     assert_eq!(reloaded["history"][0]["generation"], 2);
-    assert_eq!(reloaded["history"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        reloaded["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["outcome"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["reloaded", "unchanged", "failed", "loaded"]
+    );
     assert_eq!(
         reloaded["history"][0]["hash"],
         reloaded["current"]["hash"].clone()
