@@ -438,20 +438,29 @@ impl Exchange<'_> {
             );
         }
         // Owned (a cheap refcounted clone) so plugins may change the headers later.
-        let host_val: Option<HeaderValue> = match parts.headers.get(header::HOST) {
-            Some(h) if h.to_str().is_ok() => Some(h.clone()),
-            Some(_) => {
+        // Two Host lines are refused, as nginx does ("client sent duplicate host
+        // header"): routing and the upstream could each pick a different one.
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        let host_val: Option<HeaderValue> = match (hosts.next(), hosts.next()) {
+            (Some(h), None) if h.to_str().is_ok() => Some(h.clone()),
+            (Some(_), _) => {
                 return (
                     self.error(GatewayError::BadRequest, &parts.headers, &method),
                     info,
                 );
             }
-            None => parts
+            (None, _) => parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         let host_raw: Option<&str> = host_val.as_ref().and_then(|v| v.to_str().ok());
+        if host_raw.is_some_and(|h| !path::valid_host(h)) {
+            return (
+                self.error(GatewayError::BadRequest, &parts.headers, &method),
+                info,
+            );
+        }
         if host_raw.is_none() && parts.version == Version::HTTP_11 {
             return (
                 self.error(GatewayError::BadRequest, &parts.headers, &method),
@@ -465,8 +474,8 @@ impl Exchange<'_> {
             );
         }
         let normalized = match path::normalize(parts.uri.path()) {
-            Ok(p) => p,
-            Err(_) => {
+            Ok(p) if !path::has_overlong_utf8(&p) => p,
+            _ => {
                 return (
                     self.error(GatewayError::BadRequest, &parts.headers, &method),
                     info,
@@ -755,7 +764,9 @@ impl Exchange<'_> {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
                 body::full(b)
             }
-            (None, Some(s)) => s.map_err(|e| Box::new(e) as crate::body::BoxError).boxed(),
+            (None, Some(s)) => s
+                .map_err(|e| Box::new(upstream::ClientBodyError(e)) as crate::body::BoxError)
+                .boxed(),
             (None, None) => body::empty(),
         };
         let mut up_req = Request::new(up_body);

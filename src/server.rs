@@ -383,6 +383,7 @@ impl Connection {
             pending: None,
             watch_errors: true,
             gw: Arc::clone(&self.gw),
+            peer: self.peer.ip(),
         };
         let (gw, peer, info) = (Arc::clone(&self.gw), self.peer, self.info);
         let first = Arc::clone(&seen);
@@ -450,6 +451,8 @@ struct ConnIo<S> {
     /// Off once the connection is upgraded (the bytes are no longer HTTP/1.1).
     watch_errors: bool,
     gw: Arc<Gateway>,
+    /// For the access-log line of a request head hyper refused.
+    peer: std::net::IpAddr,
 }
 
 /// hyper's automatic answer to an unusable request head: a status line, then only
@@ -487,10 +490,9 @@ fn hyper_error_head(buf: &[u8]) -> Option<GatewayError> {
 
 /// Kong's answer for `err` on a connection about to close: plain text (no request
 /// header could be read to negotiate another type).
-fn kong_error_bytes(err: &GatewayError) -> Bytes {
+fn kong_error_answer(err: &GatewayError, id: &str) -> Bytes {
     let (status, msg, _) = err.parts();
-    let id = proxy::request_id();
-    let (ctype, text) = crate::error::render_text(crate::error::Format::Plain, msg, &id);
+    let (ctype, text) = crate::error::render_text(crate::error::Format::Plain, msg, id);
     let head = format!(
         "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\nserver: {}\r\nx-kong-request-id: {id}\r\n\r\n",
         status.as_str(),
@@ -541,7 +543,24 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
             GatewayError::BadRequest => ConnectionError::BadRequest,
             _ => ConnectionError::HeaderTooLarge,
         });
-        self.pending = Some(kong_error_bytes(&err));
+        // hyper calls no service for a head it refused: the access-log line is ours.
+        let id = proxy::request_id();
+        let answer = kong_error_answer(&err, &id);
+        let (status, msg, _) = err.parts();
+        let body = answer.len()
+            - answer
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(0, |i| i + 4);
+        crate::access_log::write_rejected(
+            self.gw.settings.access_log,
+            self.peer,
+            status.as_u16(),
+            body as u64,
+            &id,
+            msg,
+        );
+        self.pending = Some(answer);
         true
     }
 }
@@ -759,7 +778,7 @@ mod tests {
             hyper_error_head(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
             None
         );
-        let b = kong_error_bytes(&GatewayError::HeaderTooLarge);
+        let b = kong_error_answer(&GatewayError::HeaderTooLarge, &proxy::request_id());
         let text = String::from_utf8_lossy(&b);
         assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
         assert!(text.contains("\r\n\r\nRequest header or cookie too large\nrequest_id: "));
