@@ -10,6 +10,7 @@
 //! neither is there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod dashboard_support;
 
 use dashboard_support::{Gateway, SUPABASE_ENV, WAIT, cli, get, verdict};

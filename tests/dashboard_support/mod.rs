@@ -1,16 +1,13 @@
-//! The dashboard tests' gateway: the real binary on a config file in a temporary
-//! directory, proxy and status listeners on 127.0.0.1:0, stopped when dropped; and a
-//! plain HTTP client for the status listener.
+//! The dashboard tests' gateway: the real binary (`common::process`) on a config file
+//! in a temporary directory, proxy and status listeners on 127.0.0.1:0, stopped when
+//! dropped; the CLI; and a plain HTTP client for the status listener.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+use crate::common::process::GatewayProcess;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// What Supabase's kong-entrypoint.sh exports before the gateway reads kong.yml (its
@@ -41,20 +38,14 @@ pub const SUPABASE_ENV: &[(&str, &str)] = &[
     ),
 ];
 
+/// The real binary (through the tests' one process helper) on a config file of a
+/// given name, with the dashboard's usual flags.
 pub struct Gateway {
-    child: Child,
+    process: GatewayProcess,
     pub proxy: SocketAddr,
     pub status: SocketAddr,
     pub config: PathBuf,
     pub dir: tempfile::TempDir,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Gateway {
@@ -63,10 +54,8 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join(file_name);
         std::fs::write(&config, yaml).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
+        let mut b = GatewayProcess::run();
+        b.config_file(&config)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -78,94 +67,43 @@ impl Gateway {
                 "off",
             ])
             .args(args)
-            .env_remove("PORTCULLIS_STATUS_LISTEN")
-            .env_remove("PORTCULLIS_DASHBOARD_USER")
-            .env_remove("PORTCULLIS_DASHBOARD_PASSWORD")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .envs(env)
+            .discard_stdout();
         if !args.contains(&"--status-listen") {
-            cmd.args(["--status-listen", "127.0.0.1:0"]);
+            b.args(["--status-listen", "127.0.0.1:0"]);
         }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("cannot start the portcullis binary");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = log.lock().unwrap().clone();
-            if let (Some(proxy), Some(status)) = (
-                addr_after(&text, "proxy listening addr="),
-                addr_after(&text, "status listening addr="),
-            ) {
-                return Gateway {
-                    child,
-                    proxy,
-                    status,
-                    config,
-                    dir,
-                    log,
-                };
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("portcullis exited ({st}) before listening:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portcullis did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let process = b.start();
+        let proxy = process.proxy_addr();
+        let status = process.status_addr();
+        // A wildcard bind is reached on loopback.
+        let status = if status.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), status.port())
+        } else {
+            status
+        };
+        Gateway {
+            process,
+            proxy,
+            status,
+            config,
+            dir,
         }
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
-    /// The status listener's URL (with 127.0.0.1 for a wildcard bind).
+    /// The status listener's URL.
     pub fn status_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.status.port())
+        format!("http://{}", self.status)
     }
 }
 
-fn addr_after(text: &str, marker: &str) -> Option<SocketAddr> {
-    let i = text.find(marker)?;
-    let rest = &text[i + marker.len()..];
-    let a: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-    let a: SocketAddr = a.parse().ok()?;
-    // A wildcard bind is reached on loopback.
-    Some(SocketAddr::new(
-        if a.ip().is_unspecified() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            a.ip()
-        },
-        a.port(),
-    ))
-}
-
-/// `portcullis <args>` with `env`: (exit code, stdout).
+/// `portcullis <args>` with `env` (and nothing else of the environment): (exit code, stdout).
 pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("cannot run portcullis");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let done = GatewayProcess::bin().args(args).envs(env).finish(WAIT);
+    (done.code().unwrap_or(-1), done.stdout.join("\n") + "\n")
 }
 
 /// The `verdict:` line of `portcullis explain` output.
