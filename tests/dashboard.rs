@@ -369,6 +369,8 @@ fn json_endpoints_show_routes_traffic_reloads_and_explain_without_secrets() {
     assert_eq!(get(status, "/health").status, 200);
 
     seen.assert_no_secret(&[ALICE_KEY, BOB_PASSWORD, LUA_SECRET]);
+    // Nor did the last-line scrubber have anything to mask.
+    assert!(!gw.log().contains("credential value"), "{}", gw.log());
 }
 
 #[test]
@@ -418,6 +420,7 @@ fn supabase_config_never_sends_a_credential() {
     // The values inside LUA_AUTH_EXPR (request-transformer templates).
     secrets.push("jwt_service_value_4714");
     seen.assert_no_secret(&secrets);
+    assert!(!gw.log().contains("credential value"), "{}", gw.log());
 }
 
 #[test]
