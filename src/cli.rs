@@ -85,6 +85,8 @@ pub struct RunOptions {
     pub limits: server::Limits,
     /// Worker threads serving the proxy listeners (each its own runtime).
     pub workers: usize,
+    /// The dashboard on the status listener: off, or who may see it.
+    pub dashboard: crate::dashboard::Options,
 }
 
 /// `--workers`: a positive count; unset: the cores this process may run on (its CPU
@@ -304,7 +306,7 @@ pub fn run(o: RunOptions) -> ExitCode {
             };
             tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "status listening");
             let mut rx = status_rx.clone();
-            status_task = Some(tokio::spawn(server::run_status(Arc::clone(&gw), l, async move {
+            status_task = Some(tokio::spawn(server::run_status_with(Arc::clone(&gw), l, o.dashboard.clone(), async move {
                 let _ = rx.wait_for(|v| *v).await;
             })));
         }
@@ -377,38 +379,13 @@ pub fn explain(
             return ExitCode::from(2);
         }
     };
-    let method = match http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            eprintln!("portcullis explain: invalid method '{method}'");
-            return ExitCode::from(2);
-        }
-    };
-    let uri: http::Uri = match url.parse() {
-        Ok(u) => u,
+    let req = match crate::explain::request(method, url, headers, client_ip, body) {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("portcullis explain: invalid URL '{url}': {e}");
+            eprintln!("portcullis explain: {e}");
             return ExitCode::from(2);
         }
     };
-    let mut map = http::HeaderMap::new();
-    for h in headers {
-        match crate::explain::parse_header(h) {
-            Ok((n, v)) => {
-                map.append(n, v);
-            }
-            Err(e) => {
-                eprintln!("portcullis explain: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    if !map.contains_key(http::header::HOST)
-        && let Some(a) = uri.authority()
-        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
-    {
-        map.insert(http::header::HOST, v);
-    }
     let clients = ClientCache::default();
     let loaded = match config_path(flag) {
         Some(p) => config::load(&p, 1, &clients),
@@ -427,13 +404,6 @@ pub fn explain(
     let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
-    };
-    let req = crate::explain::Request {
-        method,
-        uri,
-        headers: map,
-        client_ip,
-        body,
     };
     print!("{}", rt.block_on(crate::explain::explain(&snap, &req)));
     ExitCode::SUCCESS

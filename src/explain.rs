@@ -23,6 +23,49 @@ pub struct Request {
     pub body: Option<bytes::Bytes>,
 }
 
+/// Builds the request to explain from its command-line (or dashboard form) parts;
+/// the Host header defaults to the URL's authority.
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[String],
+    client_ip: IpAddr,
+    body: Option<bytes::Bytes>,
+) -> Result<Request, String> {
+    let method = Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("invalid method '{method}'"))?;
+    let uri: Uri = url
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid URL '{url}': {e}"))?;
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (n, v) = parse_header(h)?;
+        map.append(n, v);
+    }
+    if !map.contains_key(http::header::HOST)
+        && let Some(a) = uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        map.insert(http::header::HOST, v);
+    }
+    Ok(Request {
+        method,
+        uri,
+        headers: map,
+        client_ip,
+        body,
+    })
+}
+
+/// The verdict line of an explanation (what follows `verdict:`).
+pub fn verdict(explanation: &str) -> Option<&str> {
+    explanation
+        .lines()
+        .find_map(|l| l.strip_prefix("verdict:"))
+        .map(str::trim)
+}
+
 /// Parses `-H 'Name: value'` arguments.
 pub fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = h
@@ -189,6 +232,11 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
             "not used (a more specific entry applies)".to_string()
         } else if !link.runs_for(ctx.auth.consumer) {
             "not used (the request is not from this consumer)".to_string()
+        } else if let crate::plugins::Plugin::RateLimiting(rl) = &**p {
+            // Counting here would spend a real client's allowance when the dashboard
+            // explains on the running gateway; under the limit is all a fresh count says.
+            last = Some(p.name());
+            rl.explain_without_counting()
         } else {
             last = Some(p.name());
             match p.access(&mut ctx) {
@@ -212,9 +260,6 @@ pub async fn explain(snap: &Snapshot, req: &Request) -> String {
                     }
                 }
                 // Explain sends nothing, so keys are never fetched here.
-                Flow::Wait(_) if p.name() == "rate-limiting" => {
-                    "would count the request in Redis and answer 429 past the limit (explain sends nothing)".to_string()
-                }
                 Flow::Wait(_) => {
                     "would fetch the authorization server's keys, then check the bearer token (explain fetches nothing)".to_string()
                 }

@@ -24,10 +24,12 @@
 //!    plugins) → `snapshot::Snapshot` (`compile`), the immutable compiled config a
 //!    request reads (`crate::snapshot` is `config::snapshot`)
 //! 8. `proxy`, the life of one request; `explain`, `portcullis explain`
-//! 9. `server`: worker threads (one runtime and one SO_REUSEPORT socket per address
-//!    each), listeners (HTTP/1.1 and HTTP/2, cleartext and TLS), the status endpoint,
-//!    graceful shutdown; `reload`, config reloads
-//! 10. `cli`: the command line
+//! 9. `dashboard`: the read-only page and JSON on the status listener (routes, traffic
+//!    sampled from `metrics`, reload history, `explain`)
+//! 10. `server`: worker threads (one runtime and one SO_REUSEPORT socket per address
+//!     each), listeners (HTTP/1.1 and HTTP/2, cleartext and TLS), the status endpoint,
+//!     graceful shutdown; `reload`, config reloads
+//! 11. `cli`: the command line
 //!
 //! The life of one request: the server accepts and calls `proxy::handle`, which loads
 //! the snapshot once (a reload midway doesn't affect it), computes the real client IP
@@ -45,6 +47,7 @@ pub mod cli;
 pub mod config;
 pub mod consumers;
 pub mod context;
+pub mod dashboard;
 pub mod entities;
 pub mod error;
 pub mod explain;

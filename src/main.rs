@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a config file: exit 0 if valid, else 1 listing every error.
     Check(ConfigArg),
     /// Show what the gateway would do with a request, without sending anything.
@@ -87,6 +87,16 @@ struct RunArgs {
         default_value = "127.0.0.1:8100"
     )]
     status_listen: String,
+    /// The read-only dashboard on the status listener: "on" (loopback: open to local
+    /// clients; elsewhere only with --dashboard-user and --dashboard-password) or "off".
+    #[arg(long, env = "PORTCULLIS_DASHBOARD", default_value = "on", value_parser = ["on", "off"])]
+    dashboard: String,
+    /// Basic-auth user of the dashboard (required with a non-loopback status listener).
+    #[arg(long, env = "PORTCULLIS_DASHBOARD_USER")]
+    dashboard_user: Option<String>,
+    /// Basic-auth password of the dashboard; prefer the environment variable to the flag.
+    #[arg(long, env = "PORTCULLIS_DASHBOARD_PASSWORD", hide_env_values = true)]
+    dashboard_password: Option<String>,
     /// Trusted proxies (CIDRs, comma separated). Env: PORTCULLIS_TRUSTED_IPS, else KONG_TRUSTED_IPS.
     #[arg(long, env = "PORTCULLIS_TRUSTED_IPS")]
     trusted_ips: Option<String>,
@@ -159,6 +169,11 @@ fn main() -> ExitCode {
             };
             let opts = cli::RunOptions {
                 workers,
+                dashboard: portcullis::dashboard::Options {
+                    off: a.dashboard == "off",
+                    user: non_empty(a.dashboard_user),
+                    password: non_empty(a.dashboard_password),
+                },
                 config: a.config.config,
                 listen: a.listen,
                 status_listen: a.status_listen,

@@ -105,11 +105,12 @@ impl Gateway {
         let rate_limits =
             crate::plugins::rate_limiting::Store::new(metrics.ratelimit_redis_errors());
         rate_limits.bind(snapshot.rate_limiting());
+        let status = ReloadStatus::initial(&snapshot);
         Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             settings,
             clients,
-            status: std::sync::Mutex::new(ReloadStatus::default()),
+            status: std::sync::Mutex::new(status),
             metrics,
             rate_limits,
             tls: None,
@@ -134,6 +135,55 @@ pub struct ReloadStatus {
     pub reloads_failed: u64,
     /// Reloads that found the file identical to the running config (nothing swapped).
     pub reloads_unchanged: u64,
+    /// The latest config loads, oldest first (the dashboard's reload history).
+    pub history: std::collections::VecDeque<ReloadRecord>,
+}
+
+/// Config loads the reload history keeps (the oldest are dropped).
+pub const RELOAD_HISTORY: usize = 50;
+
+/// One config load, as the dashboard's reload history shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadRecord {
+    pub at: std::time::SystemTime,
+    /// The generation serving after this load (the old one when it failed).
+    pub generation: u64,
+    /// The sha256 of the config serving after this load.
+    pub hash: String,
+    pub outcome: ReloadOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The first load, at start.
+    Initial,
+    Reloaded,
+    /// The file went back to the running config after a failed reload.
+    Unchanged,
+    /// Rejected: every error, `file:line:col: message`.
+    Failed(Vec<String>),
+}
+
+impl ReloadStatus {
+    /// The status of a gateway that just loaded `snap`: its load is the history's first entry.
+    pub fn initial(snap: &Snapshot) -> ReloadStatus {
+        let mut st = ReloadStatus::default();
+        st.record(ReloadRecord {
+            at: snap.loaded_at,
+            generation: snap.generation,
+            hash: snap.config_hash.clone(),
+            outcome: ReloadOutcome::Initial,
+        });
+        st
+    }
+
+    /// Appends `r` to the history, dropping the oldest past [`RELOAD_HISTORY`].
+    pub fn record(&mut self, r: ReloadRecord) {
+        if self.history.len() >= RELOAD_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(r);
+    }
 }
 
 /// A cheap unique request id (32 hex digits): a per-process random prefix and a counter.
@@ -930,15 +980,25 @@ impl<'a> Exchange<'a> {
                 ControlFlow::Continue((rparts, rbody))
             }
             Err((kind, err)) => {
+                // The client's body broke mid-stream (upstream::ClientBodyError): the
+                // client's fault, not counted against the upstream.
+                let client_fault = matches!(kind, GatewayError::BadRequest);
                 tracing::warn!(
                     route = routed.route.display_name(),
                     service = &*upstream.name,
                     error = %err,
-                    "upstream request failed"
+                    "{}",
+                    if client_fault {
+                        "client request body failed; upstream request aborted"
+                    } else {
+                        "upstream request failed"
+                    }
                 );
                 info.upstream_ms = None;
                 info.upstream_time = None;
-                self.gw.metrics.upstream_error(&upstream.name, &kind);
+                if !client_fault {
+                    self.gw.metrics.upstream_error(&upstream.name, &kind);
+                }
                 let mut negotiate = HeaderMap::new();
                 if let Some(a) = sent.accept {
                     negotiate.insert(header::ACCEPT, a);

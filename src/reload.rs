@@ -22,7 +22,7 @@
 //! hash, read through the path as given, compared with the running config's.
 
 use crate::config::{self, ConfigError, ConfigErrors};
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, ReloadOutcome, ReloadRecord};
 use crate::yaml::raw::Pos;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -91,21 +91,35 @@ pub fn reload(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
         Ok(Outcome::Unchanged(_)) => crate::metrics::ReloadOutcome::Unchanged,
         Err(_) => crate::metrics::ReloadOutcome::Failed,
     });
+    let snap = gw.snapshot.load();
+    let record = |outcome| ReloadRecord {
+        at: std::time::SystemTime::now(),
+        generation: snap.generation,
+        hash: snap.config_hash.clone(),
+        outcome,
+    };
     let mut st = gw.status.lock().unwrap_or_else(PoisonError::into_inner);
     match &result {
         Ok(Outcome::Reloaded(_)) => {
             st.reloads_ok += 1;
             st.last_reload_error = None;
+            st.record(record(ReloadOutcome::Reloaded));
         }
         Ok(Outcome::Unchanged(_)) => {
             st.reloads_unchanged += 1;
             // The file now says what is serving (e.g. a bad edit was reverted), so the
-            // earlier error no longer describes it.
-            st.last_reload_error = None;
+            // earlier error no longer describes it. Only that case is worth a history
+            // entry: touches without change are routine.
+            if st.last_reload_error.take().is_some() {
+                st.record(record(ReloadOutcome::Unchanged));
+            }
         }
         Err(errs) => {
             st.reloads_failed += 1;
             st.last_reload_error = Some(errs.to_string());
+            st.record(record(ReloadOutcome::Failed(
+                errs.0.iter().map(ToString::to_string).collect(),
+            )));
         }
     }
     result

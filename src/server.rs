@@ -1,6 +1,6 @@
 //! Listeners: the proxy listeners (HTTP/1.1 and HTTP/2 on one port, cleartext with h2
 //! prior knowledge, or TLS with ALPN `h2`/`http/1.1`), their limits, and the status
-//! listener (/health, /status, /metrics), with graceful shutdown.
+//! listener (/health, /status, /metrics, and the `dashboard`), with graceful shutdown.
 //!
 //! Limits, with nginx's answers as Kong gives them:
 //! - request head (request line + headers) over `max_header_bytes` → 400
@@ -627,11 +627,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
 
 /// Serves /health, /status and /metrics on `listener` until `shutdown` completes.
 /// Keep it running through the proxy's drain: /health answers 503 meanwhile.
+/// The dashboard is on when the listener is loopback (see [`run_status_with`]).
 pub async fn run_status(
     gw: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    run_status_with(gw, listener, crate::dashboard::Options::default(), shutdown).await
+}
+
+/// [`run_status`] with the dashboard's flags: it serves the dashboard (`/`, `/api/…`)
+/// unless `dashboard::Access::decide` turns it off.
+pub async fn run_status_with(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    dashboard: crate::dashboard::Options,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    use crate::dashboard::{Access, Dashboard};
+    let access = Access::decide(&dashboard, listener.local_addr()?);
+    match &access {
+        Access::Off(why) => tracing::info!("{why}"),
+        Access::Local => {
+            tracing::info!("dashboard on the status listener (loopback, no credentials)")
+        }
+        Access::Basic(_) => tracing::info!("dashboard on the status listener (basic auth)"),
+    }
+    let dash = Arc::new(Dashboard::new(access));
+    // Aborted when this returns: the sampler lives as long as the listener.
+    let sampler = dash.spawn_sampler(Arc::clone(&gw));
+    let _stop_sampler = AbortOnDrop(sampler);
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -639,9 +664,18 @@ pub async fn run_status(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let gw = Arc::clone(&gw);
+                let dash = Arc::clone(&dash);
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let gw = Arc::clone(&gw);
-                    async move { Ok::<_, std::convert::Infallible>(status_response(&gw, &req)) }
+                    let dash = Arc::clone(&dash);
+                    async move {
+                        let resp = if Dashboard::owns(req.uri().path()) {
+                            dash.handle(&gw, req).await
+                        } else {
+                            status_response(&gw, &req)
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 tokio::spawn(async move {
@@ -649,6 +683,16 @@ pub async fn run_status(
                 });
             }
             _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
         }
     }
 }
@@ -708,7 +752,7 @@ fn status_response(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
         _ => text_resp(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found (try /health, /status or /metrics)\n".into(),
+            "not found (try /health, /status, /metrics or the dashboard at /)\n".into(),
         ),
     }
 }

@@ -162,10 +162,14 @@ fn generous(target: &str) -> String {
     format!("/{}", resolved.join("/"))
 }
 
-/// A path an upstream could read as the blocked area.
+/// A path an upstream could read as the blocked area: the blocked services' upstream
+/// paths, and the blocked routes' own paths arriving through the catch-all (which would
+/// mean the route was bypassed).
 fn blocked(target: &str) -> bool {
     let g = generous(target);
-    g.starts_with("/api/mcp") || g.starts_with("/api/ipmcp")
+    ["/api/mcp", "/api/ipmcp", "/mcp", "/ipmcp"]
+        .iter()
+        .any(|b| g.starts_with(b))
 }
 
 /// Every target that reached the upstream is harmless under the generous reading.
@@ -474,4 +478,188 @@ async fn spoofed_forwarding_headers_do_not_change_the_client_ip() {
         "{seen:#?}"
     );
     assert_upstream_clean(&rec, "spoofed forwarding headers");
+}
+
+// ---------------------------------------------------------------------------------
+// HTTP/2 pseudo-headers no client library would send
+// ---------------------------------------------------------------------------------
+
+/// One HPACK "literal header field without indexing, new name" (no Huffman).
+fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    fn int7(out: &mut Vec<u8>, n: usize) {
+        // 7-bit prefix integer (RFC 7541 §5.1), H bit clear.
+        if n < 127 {
+            out.push(n as u8);
+        } else {
+            out.push(127);
+            let mut n = n - 127;
+            while n >= 128 {
+                out.push((n % 128 + 128) as u8);
+                n /= 128;
+            }
+            out.push(n as u8);
+        }
+    }
+    out.push(0x00);
+    int7(out, name.len());
+    out.extend_from_slice(name);
+    int7(out, value.len());
+    out.extend_from_slice(value);
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Sends one request (its header fields as given, in order) on a fresh h2c connection
+/// and reports what came back on its stream: "headers" (a response), "reset", "goaway"
+/// or "closed".
+async fn h2_raw(addr: SocketAddr, fields: &[(&[u8], &[u8])]) -> &'static str {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[]));
+    let mut block = Vec::new();
+    for (n, v) in fields {
+        hpack_literal(&mut block, n, v);
+    }
+    // END_STREAM | END_HEADERS on stream 1.
+    out.extend(h2_frame(1, 0x5, 1, &block));
+    s.write_all(&out).await.unwrap();
+    let mut buf = Vec::new();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        // Whole frames in `buf`.
+        while buf.len() >= 9 {
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            buf.drain(..9 + len);
+            match (kind, stream) {
+                (1, 1) => return "headers",
+                (3, 1) => return "reset",
+                (7, _) => return "goaway",
+                // Acknowledge the server's SETTINGS so it goes on.
+                (4, 0) if flags & 1 == 0 => {
+                    let _ = s.write_all(&h2_frame(4, 1, 0, &[])).await;
+                }
+                _ => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no answer on stream 1");
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return "closed",
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no answer on stream 1"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_raw_pseudo_header_tricks() {
+    let (rec, g) = setup().await;
+    let get: (&[u8], &[u8]) = (b":method", b"GET");
+    let http: (&[u8], &[u8]) = (b":scheme", b"http");
+    let local: (&[u8], &[u8]) = (b":authority", b"localhost");
+    // The control: a plain request on the open route reaches the upstream.
+    let r = h2_raw(g.addr, &[get, http, local, (b":path", b"/open")]).await;
+    assert_eq!(r, "headers");
+    let seen = rec.wait_for(1, common::WAIT).await;
+    assert_eq!(seen[0].target, "/open");
+
+    let paths: &[&[u8]] = &[
+        b"mcp",
+        b"api/mcp",
+        b"/mcp",
+        b"/api/mcp",
+        b"//api/mcp",
+        b"/%2e/api/mcp",
+        b"/api/%2e/mcp",
+        b"/api/./mcp",
+        b"/x/../api/mcp",
+        b"/api/mcp#frag",
+        b"/api/mcp\0",
+        b"/api/m\tcp",
+        b"/api/m\x01cp",
+        b"/api\\mcp",
+        b"/api/%C0%AE/mcp",
+        b"http://localhost/api/mcp",
+        b"http://other/api/mcp",
+        b"*",
+        b"",
+        b" /api/mcp",
+        b"/api/mcp ",
+        b"/API/mcp",
+    ];
+    for p in paths {
+        let r = h2_raw(g.addr, &[get, http, local, (b":path", p)]).await;
+        assert_ne!(r, "closed", "{:?}", String::from_utf8_lossy(p));
+        assert_upstream_clean(
+            &rec,
+            &format!("h2 raw :path {:?}", String::from_utf8_lossy(p)),
+        );
+    }
+    // Two :path fields, pseudo-headers after regular ones, a Host disagreeing with
+    // :authority, an upper-case pseudo-header name, :authority carrying a path.
+    let tricks: &[&[(&[u8], &[u8])]] = &[
+        &[
+            get,
+            http,
+            local,
+            (b":path", b"/open"),
+            (b":path", b"/api/mcp"),
+        ],
+        &[
+            get,
+            http,
+            local,
+            (b":path", b"/api/mcp"),
+            (b":path", b"/open"),
+        ],
+        &[get, http, local, (b"x-a", b"b"), (b":path", b"/api/mcp")],
+        &[
+            get,
+            http,
+            (b":authority", b"other"),
+            (b"host", b"localhost"),
+            (b":path", b"/api/mcp"),
+        ],
+        &[get, http, local, (b":PATH", b"/api/mcp")],
+        &[
+            get,
+            http,
+            (b":authority", b"localhost/api/mcp"),
+            (b":path", b"/"),
+        ],
+        &[
+            get,
+            http,
+            local,
+            (b":path", b"/api/mcp"),
+            (b"x-forwarded-for", b"10.1.2.3"),
+        ],
+        &[
+            get,
+            http,
+            local,
+            (b":path", b"/ipmcp"),
+            (b"x-real-ip", b"10.1.2.3"),
+        ],
+        &[(b":method", b"CONNECT"), (b":authority", b"localhost:80")],
+    ];
+    for fields in tricks {
+        let r = h2_raw(g.addr, fields).await;
+        assert_ne!(r, "closed", "{fields:?}");
+        assert_upstream_clean(&rec, &format!("h2 raw {fields:?}"));
+    }
 }

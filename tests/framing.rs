@@ -471,6 +471,14 @@ async fn a_body_malformed_after_streaming_began_is_a_400_and_aborts_upstream() {
     let line = log_with_status(&g, 400).await;
     assert_eq!(line["path"], "/stream", "{line}");
     assert_eq!(line["method"], "POST", "{line}");
+    // The client's fault: not counted as an upstream error.
+    let m = common::get(g.status_addr(), "/metrics").await.text();
+    assert!(m.contains("portcullis_"), "{m}");
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("portcullis_upstream_errors_total{")),
+        "{m}"
+    );
 
     // Cut short (client goes away mid-body): the upstream request is aborted too.
     let mut s = TcpStream::connect(g.proxy_addr()).await.unwrap();
@@ -685,4 +693,279 @@ async fn wire_level_rejections_are_logged() {
         );
     }
     assert_nothing_upstream(&rec, "wire-level rejections").await;
+
+    // The combined format keeps nginx's shape, with "-" for the request it never read.
+    let yaml = format!(
+        "_format_version: \"3.0\"\nservices:\n  - name: rec\n    url: http://{}/\n    routes:\n      - paths: [/]\n",
+        rec.addr()
+    );
+    let mut c = GatewayProcess::run()
+        .config_yaml(&yaml)
+        .loopback()
+        .args(["--access-log", "combined"])
+        .start();
+    let out = exchange(
+        c.proxy_addr(),
+        b"GARBAGE\r\n\r\n",
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(first_status(&out), 400, "{out}");
+    let body_len = out.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+    let line = c.next_stdout_line(WAIT).await;
+    let re = regex::Regex::new(
+        r#"^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] "-" 400 (\d+) "-" "-"$"#,
+    )
+    .unwrap();
+    let caps = re
+        .captures(&line)
+        .unwrap_or_else(|| panic!("not combined: {line:?}"));
+    assert_eq!(caps[1].parse::<usize>().unwrap(), body_len, "{line}\n{out}");
+}
+
+// ---------------------------------------------------------------------------------
+// nginx as the reference
+// ---------------------------------------------------------------------------------
+
+/// Debian's nginx proxying everything to `up`, on a loopback port picked by binding
+/// port 0 first; killed on drop.
+struct Nginx {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+async fn nginx(up: SocketAddr) -> Nginx {
+    assert!(
+        std::path::Path::new(NGINX).exists(),
+        "{NGINX} is missing: the nginx reference comparison needs Debian's nginx (Debian package nginx: apt-get install -y nginx)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = dir.path().display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://{up};\n      proxy_http_version 1.1;\n    }}\n  }}\n}}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let child = std::process::Command::new(NGINX)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {NGINX}: {e}"));
+    let mut n = Nginx {
+        child,
+        addr,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_err() {
+        if let Ok(Some(s)) = n.child.try_wait() {
+            let log = std::fs::read_to_string(n._dir.path().join("error.log")).unwrap_or_default();
+            panic!("nginx exited ({s}):\n{log}");
+        }
+        assert!(Instant::now() < deadline, "nginx did not listen on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n.addr = addr;
+    n
+}
+
+/// 2xx (after any 100 Continue): served; 4xx/5xx or closed without an answer: refused.
+fn served(out: &str) -> bool {
+    let mut out = out;
+    while out.starts_with("HTTP/1.1 1") {
+        match out.find("\r\n\r\n") {
+            Some(i) => out = &out[i + 4..],
+            None => return false,
+        }
+    }
+    out.starts_with("HTTP/1.1 2") || out.starts_with("HTTP/1.0 2")
+}
+
+/// Requests where the gateway refuses what nginx 1.22 serves (stricter on purpose;
+/// README, "Security model"): a path with overlong UTF-8 (nginx forwards it), a header
+/// line without a colon (nginx drops it under `ignore_invalid_headers`).
+const STRICTER_THAN_NGINX: &[&str] = &["overlong UTF-8 in path", "no colon"];
+
+/// Requests nginx 1.22 refuses and the gateway serves, each in one unambiguous form:
+/// Content-Length with Transfer-Encoding is read as chunked (RFC 9112 §6.3), only the
+/// decoded body goes upstream, and the connection closes after the answer
+/// (`content_length_with_transfer_encoding_never_smuggles`).
+const LAXER_THAN_NGINX: &[&str] = &["CL+TE"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_agree_with_nginx() {
+    let rec = Recorder::start().await;
+    let g = gateway(rec.addr(), &[]);
+    let n = nginx(rec.addr()).await;
+    let h = "Host: x\r\n";
+    let cases: Vec<(&str, String)> = vec![
+        ("plain", format!("GET /p HTTP/1.1\r\n{h}\r\n")),
+        (
+            "CL+TE",
+            format!(
+                "POST /p HTTP/1.1\r\n{h}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "conflicting CL",
+            format!("POST /p HTTP/1.1\r\n{h}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        ),
+        (
+            "CL list",
+            format!("POST /p HTTP/1.1\r\n{h}Content-Length: 5, 5\r\n\r\nhello"),
+        ),
+        (
+            "negative CL",
+            format!("POST /p HTTP/1.1\r\n{h}Content-Length: -1\r\n\r\n"),
+        ),
+        (
+            "plus CL",
+            format!("POST /p HTTP/1.1\r\n{h}Content-Length: +5\r\n\r\nhello"),
+        ),
+        (
+            "TE gzip",
+            format!("POST /p HTTP/1.1\r\n{h}Transfer-Encoding: gzip\r\n\r\n"),
+        ),
+        (
+            "TE chunked, gzip",
+            format!("POST /p HTTP/1.1\r\n{h}Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "TE on 1.0",
+            format!("POST /p HTTP/1.0\r\n{h}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "obs-fold",
+            format!("GET /p HTTP/1.1\r\n{h}X-A: a\r\n b\r\n\r\n"),
+        ),
+        (
+            "space before colon",
+            format!("GET /p HTTP/1.1\r\n{h}X-A : b\r\n\r\n"),
+        ),
+        ("no colon", format!("GET /p HTTP/1.1\r\n{h}XA\r\n\r\n")),
+        (
+            "NUL in value",
+            format!("GET /p HTTP/1.1\r\n{h}X-A: a\0b\r\n\r\n"),
+        ),
+        (
+            "bare CR",
+            format!("GET /p HTTP/1.1\r\n{h}X-A: a\rb\r\n\r\n"),
+        ),
+        ("bare LF", "GET /p HTTP/1.1\nHost: x\n\n".to_string()),
+        ("two Host", format!("GET /p HTTP/1.1\r\n{h}{h}\r\n")),
+        ("no Host 1.1", "GET /p HTTP/1.1\r\n\r\n".to_string()),
+        ("no Host 1.0", "GET /p HTTP/1.0\r\n\r\n".to_string()),
+        (
+            "Host with space",
+            "GET /p HTTP/1.1\r\nHost: a b\r\n\r\n".to_string(),
+        ),
+        (
+            "Host with slash",
+            "GET /p HTTP/1.1\r\nHost: a/b\r\n\r\n".to_string(),
+        ),
+        (
+            "Host dot dot",
+            "GET /p HTTP/1.1\r\nHost: a..b\r\n\r\n".to_string(),
+        ),
+        (
+            "bad chunk size",
+            format!("POST /p HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\nzz\r\n\r\n"),
+        ),
+        (
+            "chunk ext",
+            format!(
+                "POST /p HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "trailer",
+            format!(
+                "POST /p HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"
+            ),
+        ),
+        (
+            "absolute-form",
+            format!("GET http://other/p HTTP/1.1\r\n{h}\r\n"),
+        ),
+        (
+            "CONNECT",
+            format!("CONNECT 127.0.0.1:22 HTTP/1.1\r\n{h}\r\n"),
+        ),
+        ("asterisk", format!("OPTIONS * HTTP/1.1\r\n{h}\r\n")),
+        ("TRACE", format!("TRACE /p HTTP/1.1\r\n{h}\r\n")),
+        ("unknown method", format!("PURGE /p HTTP/1.1\r\n{h}\r\n")),
+        ("bad method", format!("G(T /p HTTP/1.1\r\n{h}\r\n")),
+        ("HTTP/2.0 line", format!("GET /p HTTP/2.0\r\n{h}\r\n")),
+        ("garbage line", "GARBAGE\r\n\r\n".to_string()),
+        ("%00 in path", format!("GET /p%00 HTTP/1.1\r\n{h}\r\n")),
+        ("bad escape", format!("GET /p%zz HTTP/1.1\r\n{h}\r\n")),
+        (
+            "dot dot above root",
+            format!("GET /../p HTTP/1.1\r\n{h}\r\n"),
+        ),
+        (
+            "overlong UTF-8 in path",
+            format!("GET /%c0%ae/p HTTP/1.1\r\n{h}\r\n"),
+        ),
+        (
+            "expect",
+            format!("POST /p HTTP/1.1\r\n{h}Expect: 100-continue\r\nContent-Length: 0\r\n\r\n"),
+        ),
+    ];
+    let mut differ = Vec::new();
+    for (what, req) in &cases {
+        let ours = exchange(g.proxy_addr(), req.as_bytes(), Duration::from_millis(300)).await;
+        let theirs = exchange(n.addr, req.as_bytes(), Duration::from_millis(300)).await;
+        let (o, t) = (served(&ours), served(&theirs));
+        let line = |s: &str| s.lines().next().unwrap_or("<closed>").to_string();
+        if o != t {
+            differ.push((*what, line(&ours), line(&theirs), o));
+        }
+    }
+    println!("differences from nginx: {differ:#?}");
+    for (what, ours, theirs, o) in &differ {
+        if *o {
+            assert!(
+                LAXER_THAN_NGINX.contains(what),
+                "{what}: portcullis serves what nginx refuses (not listed as deliberate): {ours:?} vs {theirs:?}"
+            );
+        } else {
+            assert!(
+                STRICTER_THAN_NGINX.contains(what),
+                "{what}: portcullis refuses what nginx serves (not listed as deliberate): {ours:?} vs {theirs:?}"
+            );
+        }
+    }
+    // Both served the plain request: the comparison compared something.
+    assert!(served(
+        &exchange(
+            n.addr,
+            b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_millis(300)
+        )
+        .await
+    ));
 }

@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     // config (with the compiled `snapshot`) holds compiled plugins
     &["config"],
     &["proxy", "explain"],
+    &["dashboard"],
     &["server", "reload"],
     &["cli", "fuzz_api"],
 ];

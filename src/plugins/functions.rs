@@ -28,6 +28,9 @@ const PHASES: [&str; 6] = [
 pub struct Functions {
     name: &'static str,
     access: Vec<Chunk>,
+    /// The access snippets as written in the file: `$NAME` references unexpanded, so
+    /// the dashboard can show them without the values they stand for.
+    written: Vec<String>,
     needs_body: bool,
 }
 
@@ -57,12 +60,25 @@ pub fn decode(
     let mut out = Functions {
         name,
         access: Vec::new(),
+        written: Vec::new(),
         needs_body: false,
     };
     let mut any = false;
     for phase in PHASES {
         let key_pos = f.key_pos(phase);
-        let snippets = ctx.strings(f.get(phase), &format!("{what}.{phase}"));
+        let node = f.get(phase);
+        if phase == "access"
+            && let Some(Value::Seq(items)) = node.map(|n| &n.value)
+        {
+            out.written = items
+                .iter()
+                .filter_map(|i| match &i.value {
+                    Value::Str(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+        }
+        let snippets = ctx.strings(node, &format!("{what}.{phase}"));
         if snippets.is_empty() {
             continue;
         }
@@ -102,6 +118,11 @@ impl Functions {
     /// Buffered only when a snippet reads or replaces the raw body.
     pub fn needs_body(&self) -> bool {
         self.needs_body
+    }
+
+    /// The access snippets as written in the file (`$NAME` references, not values).
+    pub fn written(&self) -> &[String] {
+        &self.written
     }
 
     pub fn explain(&self) -> String {

@@ -15,7 +15,12 @@ pub struct IpRestriction {
     pub deny: IpSet,
     pub status: StatusCode,
     pub message: Option<String>,
+    /// The first entries of `allow` and `deny` as written, for the dashboard.
+    pub listed: [Vec<String>; 2],
 }
+
+/// Entries of each list kept for display: enough to say to whom, not a copy of 100k CIDRs.
+const LISTED: usize = 20;
 
 pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<IpRestriction> {
     let what = "plugin 'ip-restriction'.config";
@@ -28,8 +33,11 @@ pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<IpRe
     };
     let mut f = ctx.fields(config, what)?;
     let before = ctx.errors.len();
+    let mut listed: [Vec<String>; 2] = Default::default();
     let mut set = |ctx: &mut Ctx<'_>, key: &str| -> IpSet {
         let list = ctx.strings(f.get(key), &format!("{what}.{key}"));
+        listed[usize::from(key == "deny")] =
+            list.iter().take(LISTED).map(|(s, _)| s.clone()).collect();
         let entries: Vec<&str> = list.iter().map(|(s, _)| s.as_str()).collect();
         match IpSet::parse(&entries) {
             Ok(s) => s,
@@ -65,6 +73,7 @@ pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<IpRe
         deny,
         status,
         message,
+        listed,
     })
 }
 

@@ -1205,6 +1205,15 @@ impl RateLimiting {
         Flow::Continue
     }
 
+    /// What `portcullis explain` says of this entry, without counting the request: the
+    /// dashboard explains on the running gateway, whose counters must not move.
+    pub fn explain_without_counting(&self) -> String {
+        match (&self.policy, self.sync) {
+            (Policy::Redis(_), None) => "would count the request in Redis and answer 429 past the limit (explain sends nothing)".to_string(),
+            _ => self.explain(),
+        }
+    }
+
     pub fn explain(&self) -> String {
         let limits: Vec<String> = self
             .limits
@@ -1224,7 +1233,7 @@ impl RateLimiting {
             Policy::Redis(r) => format!("redis {}:{}", r.host, r.port),
         };
         format!(
-            "counts the request ({}, by {by}, {policy}; explain uses counters of its own)",
+            "counts the request ({}, by {by}, {policy}; explain counts nothing)",
             limits.join(", ")
         )
     }
