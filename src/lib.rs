@@ -12,7 +12,8 @@
 //! - `error`: every gateway-made response; `access_log`: combined/JSON lines
 //! - `server`: worker threads (one runtime and one SO_REUSEPORT socket per address each),
 //!   listeners (HTTP/1.1 and HTTP/2, cleartext and TLS), limits, the status
-//!   endpoint, graceful shutdown; `tls`: certificates (server and upstream);
+//!   endpoint, graceful shutdown; `watchdog`: a connection's in-flight requests for the
+//!   HTTP/2 idle and send timeouts; `tls`: certificates (server and upstream);
 //!   `metrics`: the Prometheus counters behind /metrics
 //!
 //! The life of one request: the server accepts and calls `proxy::handle`, which loads
@@ -45,3 +46,4 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod watchdog;

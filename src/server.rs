@@ -21,6 +21,7 @@ use crate::body::{self, Body};
 use crate::error::GatewayError;
 use crate::metrics::{ConnectionError, OpenConnection};
 use crate::proxy::{self, Gateway, Listener};
+use crate::watchdog::{Activity, Verdict};
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -39,7 +40,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Request and connection limits (flags `--max-header-bytes`, `--max-uri-bytes`,
-/// `--header-timeout`, `--max-connections`).
+/// `--header-timeout`, `--max-connections`, `--idle-timeout`, `--send-timeout`,
+/// `--body-timeout` and the `--h2-*` ones).
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Request line plus headers (name, value, `: ` and CRLF each). nginx's
@@ -51,6 +53,29 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Open client connections across the proxy listeners.
     pub max_connections: usize,
+    /// An HTTP/2 connection with no stream open this long gets GOAWAY (nginx's
+    /// `keepalive_timeout` for HTTP/2). Zero: never.
+    pub idle_timeout: Duration,
+    /// A response the client does not take for this long (socket not read, HTTP/2
+    /// window kept shut) closes the connection (nginx's `send_timeout`). Zero: never.
+    pub send_timeout: Duration,
+    /// A request body that a plugin reads whole must arrive within this (else 408,
+    /// nginx's `client_body_timeout`). Zero: no limit.
+    pub body_timeout: Duration,
+    /// HTTP/2 streams a client may have open at once (nginx's
+    /// `http2_max_concurrent_streams`); more are refused with RST_STREAM.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams the client opened and reset before they were served
+    /// (CVE-2023-44487, rapid reset), over which the connection gets GOAWAY.
+    pub h2_max_pending_resets: usize,
+    /// HTTP/2 streams the gateway had to reset for protocol errors, over which the
+    /// connection gets GOAWAY.
+    pub h2_max_error_resets: usize,
+    /// Response bytes buffered per HTTP/2 stream for a client that is not reading.
+    pub h2_max_send_buffer: usize,
+    /// Interval of HTTP/2 PINGs to the client; one unanswered for 20 s closes the
+    /// connection. Zero: no pings.
+    pub h2_keepalive: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +85,14 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
             header_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            h2_max_concurrent_streams: 128,
+            h2_max_pending_resets: 20,
+            h2_max_error_resets: 1024,
+            h2_max_send_buffer: 400 * 1024,
+            h2_keepalive: Duration::ZERO,
         }
     }
 }
@@ -99,9 +132,17 @@ impl Limits {
             .max_header_bytes
             .saturating_mul(2)
             .saturating_add(16 * 1024);
-        b.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX));
+        let mut h2 = b.http2();
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX))
+            .max_concurrent_streams(self.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(self.h2_max_pending_resets)
+            .max_local_error_reset_streams(self.h2_max_error_resets)
+            .max_send_buf_size(self.h2_max_send_buffer.min(u32::MAX as usize));
+        if !self.h2_keepalive.is_zero() {
+            h2.keep_alive_interval(self.h2_keepalive)
+                .keep_alive_timeout(Duration::from_secs(20));
+        }
         b
     }
 }
@@ -428,11 +469,34 @@ impl Connection {
         };
         let (gw, peer, info) = (Arc::clone(&self.gw), self.peer, self.info);
         let first = Arc::clone(&seen);
+        let activity = Arc::new(Activity::default());
+        let act = Arc::clone(&activity);
         let svc = service_fn(move |req: Request<Incoming>| {
             first.store(true, Ordering::Relaxed);
             let gw = Arc::clone(&gw);
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(gw, req, peer, info).await) }
+            // Ends when the response body is dropped, or with this future when the
+            // client resets the stream first.
+            let in_flight = act.begin(req.version());
+            let act = Arc::clone(&act);
+            async move {
+                let resp = proxy::handle(gw, req, peer, info).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| act.track(b, in_flight)))
+            }
         });
+        let limits = &self.gw.settings.limits;
+        let (idle, send) = (limits.idle_timeout, limits.send_timeout);
+        // A few looks per timeout: a stalled response is cut between 1 and 1.25 times
+        // the send timeout after it stalled.
+        let period = [idle, send]
+            .into_iter()
+            .filter(|d| !d.is_zero())
+            .min()
+            .map(|d| (d / 4).max(Duration::from_millis(20)));
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + period.unwrap_or(Duration::from_secs(3600)),
+            period.unwrap_or(Duration::from_secs(3600)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -456,6 +520,20 @@ impl Connection {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                _ = tick.tick(), if period.is_some() => match activity.check(idle, send) {
+                    Verdict::Fine => {}
+                    Verdict::Idle => if !draining {
+                        draining = true;
+                        self.gw.metrics.connection_error(ConnectionError::IdleTimeout);
+                        tracing::debug!(%peer, "HTTP/2 connection idle; GOAWAY");
+                        conn.as_mut().graceful_shutdown();
+                    },
+                    Verdict::SendStalled => {
+                        self.gw.metrics.connection_error(ConnectionError::SendTimeout);
+                        tracing::debug!(%peer, "client took no response bytes within the send timeout; closing");
+                        return;
+                    }
+                },
             }
         };
         if let Err(e) = result {
