@@ -1,0 +1,352 @@
+//! Upstream and client faults, black box: each fault gives the README's status (or a
+//! clean close), and the gateway goes on serving. The storm test runs them all against
+//! the real binary, with reloads midway and an upstream host name that stops
+//! resolving, and checks that its file descriptors and memory come back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use bytes::Bytes;
+use common::*;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: usize = portcullis::upstream::MAX_UPSTREAM_HEAD;
+
+/// An upstream speaking raw bytes: for each connection, reads the request head, then
+/// hands the socket and the head to `f`.
+async fn raw_upstream<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(TcpStream, String) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            let f = f.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                f(s, String::from_utf8_lossy(&head).into_owned()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `bytes` (in pieces of `chunk`), then closes.
+async fn answer(mut s: TcpStream, bytes: Vec<u8>, chunk: usize) {
+    for piece in bytes.chunks(chunk.max(1)) {
+        if s.write_all(piece).await.is_err() {
+            return;
+        }
+        let _ = s.flush().await;
+    }
+    let _ = s.shutdown().await;
+}
+
+/// A response head whose size, as the README counts it, is exactly `size`.
+fn head_of_size(size: usize) -> Vec<u8> {
+    let fixed = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n".len() + "x-pad: \r\n".len() + 2;
+    let pad = size - fixed;
+    let mut h = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-pad: {}\r\n\r\n",
+        {
+            // 100 header lines at most (hyper's): one long value.
+            "p".repeat(pad)
+        }
+    )
+    .into_bytes();
+    h.extend_from_slice(b"ok");
+    h
+}
+
+/// A request on a new HTTP/1.1 connection: status, and the body or the error that
+/// ended it.
+async fn fetch(addr: SocketAddr, path: &str) -> (u16, Result<Bytes, String>) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    // Room for the 1 MiB heads the gateway relays.
+    let (mut send, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(8 << 20)
+        .handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, send.send_request(req))
+        .await
+        .expect("no response")
+        .expect("request failed");
+    let status = resp.status().as_u16();
+    let body = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("body never ended")
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    (status, body)
+}
+
+fn config(services: &[(&str, SocketAddr, &str)]) -> String {
+    let mut y = String::from("_format_version: \"3.0\"\nservices:\n");
+    for (name, addr, extra) in services {
+        y.push_str(&format!(
+            "  - name: {name}\n    url: http://{addr}/\n{extra}    routes:\n      - paths: [/{name}]\n"
+        ));
+    }
+    y
+}
+
+async fn ok_upstream() -> SocketAddr {
+    echo_upstream().await
+}
+
+#[tokio::test]
+async fn upstream_faults_give_the_documented_status() {
+    let ok = ok_upstream().await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let hang = raw_upstream(|s, _| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+    let malformed = raw_upstream(|s, _| answer(s, b"HTTP/1.1 2x0 OK\r\n\r\n".to_vec(), 64)).await;
+    let garbage = raw_upstream(|s, _| answer(s, b"\x00\x01garbage\r\n\r\n".to_vec(), 64)).await;
+    let bad_len = raw_upstream(|s, _| {
+        answer(
+            s,
+            b"HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\nok".to_vec(),
+            64,
+        )
+    })
+    .await;
+    let two_lens = raw_upstream(|s, _| {
+        answer(
+            s,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nokk".to_vec(),
+            64,
+        )
+    })
+    .await;
+    let closed_early = raw_upstream(|s, _| answer(s, Vec::new(), 1)).await;
+    let g = gateway(&config(&[
+        ("ok", ok, ""),
+        ("refused", refused, ""),
+        ("hang", hang, "    read_timeout: 300\n"),
+        ("malformed", malformed, ""),
+        ("garbage", garbage, ""),
+        ("badlen", bad_len, ""),
+        ("twolens", two_lens, ""),
+        ("closed", closed_early, ""),
+    ]))
+    .await;
+    for (path, status) in [
+        ("/refused", 502),
+        ("/hang", 504),
+        ("/malformed", 502),
+        ("/garbage", 502),
+        ("/badlen", 502),
+        ("/twolens", 502),
+        ("/closed", 502),
+    ] {
+        let (got, body) = fetch(g.addr, path).await;
+        assert_eq!(got, status, "{path}: {body:?}");
+        assert_eq!(get(g.addr, "/ok").await.status, 200, "after {path}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_head_limit_is_exact_however_the_bytes_arrive() {
+    let ok = ok_upstream().await;
+    let mut services = vec![("ok", ok, String::new())];
+    let mut cases = Vec::new();
+    for (i, chunk) in [usize::MAX, 65536, 1500, 4096 + 7].into_iter().enumerate() {
+        for (j, size) in [LIMIT - 1, LIMIT, LIMIT + 1, 2 * LIMIT - 100, 3 * LIMIT]
+            .into_iter()
+            .enumerate()
+        {
+            let up = raw_upstream(move |s, _| answer(s, head_of_size(size), chunk)).await;
+            let name = format!("h{i}x{j}");
+            let want = if size <= LIMIT { 200 } else { 502 };
+            cases.push((format!("/{name}"), want, size, chunk));
+            services.push((Box::leak(name.into_boxed_str()), up, String::new()));
+        }
+    }
+    let services: Vec<(&str, SocketAddr, &str)> = services
+        .iter()
+        .map(|(n, a, e)| (*n, *a, e.as_str()))
+        .collect();
+    let g = gateway(&config(&services)).await;
+    for (path, want, size, chunk) in cases {
+        let (got, body) = fetch(g.addr, &path).await;
+        assert_eq!(
+            got, want,
+            "a {size}-byte head (limit {LIMIT}) sent in {chunk}-byte writes"
+        );
+        if want == 200 {
+            assert_eq!(body.unwrap(), "ok");
+        }
+    }
+    assert_eq!(get(g.addr, "/ok").await.status, 200);
+}
+
+#[tokio::test]
+async fn upstream_faults_mid_response_end_the_client_response_uncleanly() {
+    let ok = ok_upstream().await;
+    // Content-Length 100000, 1000 bytes, then a TCP reset.
+    let reset = raw_upstream(|s, _| async move {
+        let mut s = s;
+        let mut head = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".to_vec();
+        head.extend(vec![b'x'; 1000]);
+        let _ = s.write_all(&head).await;
+        let _ = s.flush().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let std = s.into_std().unwrap();
+        socket2::SockRef::from(&std)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(std);
+    })
+    .await;
+    // Content-Length 10, 5 bytes, then a clean close.
+    let short = raw_upstream(|s, _| {
+        answer(
+            s,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello".to_vec(),
+            64,
+        )
+    })
+    .await;
+    // An SSE stream that closes after one event, without its last chunk.
+    let sse = raw_upstream(|s, _| async move {
+        let mut s = s;
+        let ev = "data: one\n\n";
+        let out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{ev}\r\n",
+            ev.len()
+        );
+        let _ = s.write_all(out.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let g = gateway(&config(&[
+        ("ok", ok, ""),
+        ("reset", reset, ""),
+        ("short", short, ""),
+        ("sse", sse, ""),
+    ]))
+    .await;
+    for path in ["/reset", "/short", "/sse"] {
+        let (status, body) = fetch(g.addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        // The client must not take a cut response for a whole one.
+        assert!(body.is_err(), "{path}: ended cleanly: {body:?}");
+        assert_eq!(get(g.addr, "/ok").await.status, 200, "after {path}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_aborts_an_upload_aborts_the_upstream_request() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
+    let up = serve_upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let tx = tx.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            let outcome = loop {
+                match body.frame().await {
+                    None => break Ok(n),
+                    Some(Ok(f)) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Some(Err(e)) => break Err(e.to_string()),
+                }
+            };
+            let _ = tx.send(outcome);
+            http::Response::new(portcullis::body::full("done"))
+        }
+    })
+    .await;
+    let g = gateway(&config(&[("up", up, "")])).await;
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&vec![b'u'; 100_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    let seen = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the upstream never saw the upload end")
+        .unwrap();
+    assert!(
+        seen.is_err(),
+        "the upstream took an aborted upload for a complete one: {seen:?}"
+    );
+    assert_eq!(send(g.addr, "POST", "/up", &[], b"whole").await.status, 200);
+    assert_eq!(rx.recv().await.unwrap(), Ok(5));
+}
+
+#[tokio::test]
+async fn a_client_that_aborts_a_download_releases_the_upstream() {
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let up = serve_upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let gone = gone_tx.clone();
+        async move {
+            if req.uri().path().contains("ok") {
+                return http::Response::new(portcullis::body::full("ok"));
+            }
+            // An endless stream; the send fails once the gateway lets go of it.
+            let (tx, rx) = tokio::sync::mpsc::channel::<
+                Result<hyper::body::Frame<Bytes>, portcullis::body::BoxError>,
+            >(1);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'd'; 16 * 1024]);
+                while tx
+                    .send(Ok(hyper::body::Frame::data(chunk.clone())))
+                    .await
+                    .is_ok()
+                {}
+                let _ = gone.send(());
+            });
+            let body = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed();
+            http::Response::new(body)
+        }
+    })
+    .await;
+    let g = gateway(&config(&[("up", up, "")])).await;
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"GET /up/stream HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = 0;
+    let mut b = [0u8; 16384];
+    while got < 200_000 {
+        got += s.read(&mut b).await.unwrap();
+    }
+    drop(s);
+    tokio::time::timeout(WAIT, gone_rx.recv())
+        .await
+        .expect("the upstream stream went on after the client left");
+    assert_eq!(get(g.addr, "/up/ok").await.status, 200);
+}
