@@ -350,3 +350,313 @@ async fn a_client_that_aborts_a_download_releases_the_upstream() {
         .expect("the upstream stream went on after the client left");
     assert_eq!(get(g.addr, "/up/ok").await.status, 200);
 }
+
+// ---------------------------------------------------------------------------------
+// The storm: the real binary, reloads midway, a host name that stops resolving, and
+// its file descriptors and memory afterwards.
+
+struct Proc {
+    child: std::process::Child,
+    addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("cannot read the gateway's /proc/PID/fd")
+            .count()
+    }
+    /// Resident memory in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("no VmRSS")
+    }
+    fn sighup(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("cannot run kill")
+            .success();
+        assert!(ok, "kill -HUP failed");
+    }
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+/// `portcullis run` (one worker) in a private mount namespace whose /etc/hosts is
+/// `hosts` (needs root, as the Supabase test).
+fn start_in_namespace(config: &std::path::Path, hosts: &std::path::Path) -> Proc {
+    use std::io::BufRead;
+    let script = format!(
+        "mount --bind '{}' /etc/hosts && exec '{}' run --config '{}' --listen 127.0.0.1:0 --status-listen 127.0.0.1:0 --tls-listen off --access-log off --workers 1",
+        hosts.display(),
+        env!("CARGO_BIN_EXE_portcullis"),
+        config.display()
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run `unshare` (util-linux); the fault storm test needs it");
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = log.lock().unwrap().iter().find_map(|l| {
+            let i = l.find("proxy listening addr=")?;
+            l[i + "proxy listening addr=".len()..]
+                .split_whitespace()
+                .next()?
+                .parse::<SocketAddr>()
+                .ok()
+        });
+        if let Some(addr) = found {
+            return Proc { child, addr, log };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "gateway exited ({status}) before listening (unshare -m needs root):\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not start:\n{}",
+            log.lock().unwrap().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The gateway's fd count once it stops changing (three equal looks in a row).
+async fn stable_fds(gw: &Proc) -> usize {
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen.push(gw.fds());
+        if seen.len() >= 3 && seen[seen.len() - 3..].windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    *seen.last().unwrap()
+}
+
+/// Polls `f` until it holds or `within` passes; the last value either way.
+async fn settle<T>(within: Duration, mut f: impl FnMut() -> T, ok: impl Fn(&T) -> bool) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let v = f();
+        if ok(&v) || std::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_faults_with_reloads_leaks_nothing() {
+    let ok = ok_upstream().await;
+    // Closes after each answer, so every request to it resolves its name again.
+    let named = raw_upstream(|s, _| {
+        answer(
+            s,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_vec(),
+            64,
+        )
+    })
+    .await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let hang = raw_upstream(|s, _| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(s);
+    })
+    .await;
+    let malformed = raw_upstream(|s, _| answer(s, b"HTTP/1.1 2x0 OK\r\n\r\n".to_vec(), 64)).await;
+    let short = raw_upstream(|s, _| {
+        answer(
+            s,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello".to_vec(),
+            64,
+        )
+    })
+    .await;
+    let sse = raw_upstream(|s, _| async move {
+        let mut s = s;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nb\r\ndata: one\n\n\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    let big = raw_upstream(|s, _| answer(s, head_of_size(LIMIT + 1), 8192)).await;
+    let endless = raw_upstream(|s, _| async move {
+        let mut s = s;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        let chunk = format!("4000\r\n{}\r\n", "d".repeat(0x4000));
+        while s.write_all(chunk.as_bytes()).await.is_ok() {}
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    let with_name = "127.0.0.1 localhost\n127.0.0.1 up.faults.test\n";
+    let without_name = "127.0.0.1 localhost\n";
+    std::fs::write(&hosts, with_name).unwrap();
+    let cfg_path = dir.path().join("gateway.yaml");
+    let named_port = named.port();
+    let write_config = |generation: usize| {
+        let mut y = config(&[
+            ("ok", ok, ""),
+            ("refused", refused, ""),
+            ("hang", hang, "    read_timeout: 300\n"),
+            ("malformed", malformed, ""),
+            ("short", short, ""),
+            ("sse", sse, ""),
+            ("big", big, ""),
+            ("endless", endless, ""),
+        ]);
+        y.push_str(&format!(
+            "  - name: named\n    url: http://up.faults.test:{named_port}/\n    routes:\n      - paths: [/named]\n  - name: gen\n    url: http://{ok}/\n    routes:\n      - paths: [/gen{generation}]\n"
+        ));
+        std::fs::write(&cfg_path, y).unwrap();
+    };
+    write_config(0);
+    let gw = start_in_namespace(&cfg_path, &hosts);
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", gw.pid())).unwrap();
+    assert_eq!(
+        comm.trim(),
+        "portcullis",
+        "the child is not the gateway itself"
+    );
+    let addr = gw.addr;
+
+    // One round: every fault at once, a reload in the middle of them, client aborts.
+    let round = |n: usize, resolvable: bool| {
+        let hosts = hosts.clone();
+        let gw_pid = gw.pid();
+        let write_config = &write_config;
+        async move {
+            let mut expect = vec![
+                ("/ok", Some(200)),
+                ("/refused", Some(502)),
+                ("/hang", Some(504)),
+                ("/malformed", Some(502)),
+                ("/big", Some(502)),
+                ("/short", None),
+                ("/sse", None),
+            ];
+            expect.push(("/named", Some(if resolvable { 200 } else { 503 })));
+            std::fs::write(&hosts, if resolvable { with_name } else { without_name }).unwrap();
+            let requests = futures_util::future::join_all(expect.iter().map(|(p, want)| {
+                let (p, want) = (*p, *want);
+                async move {
+                    let (status, body) = fetch(addr, p).await;
+                    match want {
+                        Some(w) => assert_eq!(status, w, "round {n}: {p}"),
+                        // Cut mid-body: the head went out, the body must not end cleanly.
+                        None => assert!(
+                            status == 200 && body.is_err(),
+                            "round {n}: {p}: {status} {body:?}"
+                        ),
+                    }
+                }
+            }));
+            let aborts = async {
+                let mut up = TcpStream::connect(addr).await.unwrap();
+                up.write_all(b"POST /ok HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+                    .await
+                    .unwrap();
+                up.write_all(&vec![b'u'; 50_000]).await.unwrap();
+                let mut down = TcpStream::connect(addr).await.unwrap();
+                down.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut got = 0;
+                let mut b = [0u8; 16384];
+                while got < 100_000 {
+                    match down.read(&mut b).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => got += k,
+                    }
+                }
+            };
+            let reload = async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                write_config(n + 1);
+                let _ = std::process::Command::new("kill")
+                    .args(["-HUP", &gw_pid.to_string()])
+                    .status();
+            };
+            tokio::join!(requests, aborts, reload);
+        }
+    };
+
+    // Warm-up rounds, then the baseline.
+    for n in 0..3 {
+        round(n, n % 2 == 0).await;
+    }
+    assert_eq!(fetch(addr, "/ok").await.0, 200);
+    let base_fds = stable_fds(&gw).await;
+    let base_rss = gw.rss_kib();
+    for n in 3..23 {
+        round(n, n % 2 == 0).await;
+    }
+    // The gateway still serves, and the last config is live.
+    assert_eq!(fetch(addr, "/ok").await.0, 200);
+    let mut last = 0;
+    for _ in 0..50 {
+        last = fetch(addr, "/gen23").await.0;
+        if last == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, 200, "the last reload never took effect");
+    let fds = settle(Duration::from_secs(15), || gw.fds(), |&f| f <= base_fds).await;
+    let rss = gw.rss_kib();
+    eprintln!("storm: fds {base_fds} -> {fds}, RSS {base_rss} KiB -> {rss} KiB");
+    assert!(
+        fds <= base_fds,
+        "file descriptors: {base_fds} before the storm, {fds} after\n{}",
+        gw.log_text()
+    );
+    assert!(
+        rss <= base_rss + 8 * 1024,
+        "RSS grew from {base_rss} KiB to {rss} KiB over 20 rounds"
+    );
+    gw.sighup();
+    assert!(gw.log_text().contains("config reloaded"));
+}
