@@ -264,6 +264,29 @@ async fn upstream_faults_mid_response_end_the_client_response_uncleanly() {
         // The client must not take a cut response for a whole one.
         assert!(body.is_err(), "{path}: ended cleanly: {body:?}");
         assert_eq!(get(g.addr, "/ok").await.status, 200, "after {path}");
+        // Over HTTP/2: the stream is reset, not ended.
+        let s = TcpStream::connect(g.addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(s).await.unwrap();
+        tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let req = http::Request::builder()
+            .uri(format!("http://localhost{path}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200, "h2 {path}");
+        let mut body = resp.into_body();
+        let ended = loop {
+            match tokio::time::timeout(WAIT, body.data()).await.unwrap() {
+                Some(Ok(d)) => {
+                    let _ = body.flow_control().release_capacity(d.len());
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        assert!(ended.is_err(), "h2 {path}: ended cleanly");
     }
 }
 
@@ -659,4 +682,56 @@ async fn a_storm_of_faults_with_reloads_leaks_nothing() {
     );
     gw.sighup();
     assert!(gw.log_text().contains("config reloaded"));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let up = serve_upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let gone = gone_tx.clone();
+        async move {
+            if req.uri().path().ends_with("/ok") {
+                return http::Response::new(portcullis::body::full("ok"));
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel::<
+                Result<hyper::body::Frame<Bytes>, portcullis::body::BoxError>,
+            >(1);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'd'; 64 * 1024]);
+                while tx
+                    .send(Ok(hyper::body::Frame::data(chunk.clone())))
+                    .await
+                    .is_ok()
+                {}
+                let _ = gone.send(());
+            });
+            http::Response::new(http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed())
+        }
+    })
+    .await;
+    let mut settings = portcullis::proxy::Settings::default();
+    settings.limits.send_timeout = Duration::from_millis(500);
+    let g = gateway_with(&config(&[("up", up, "")]), settings, "127.0.0.1:0").await;
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"GET /up HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing: once the socket buffers are full the response stalls,
+    // and the gateway lets go of the connection and of the upstream.
+    tokio::time::timeout(WAIT, gone_rx.recv())
+        .await
+        .expect("a client that never reads held its response forever");
+    // What was buffered, then the end.
+    let mut b = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert_eq!(get(g.addr, "/up/ok").await.status, 200);
 }
