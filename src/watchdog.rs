@@ -29,7 +29,13 @@ pub struct Activity {
     h2: AtomicBool,
     /// Each response being sent: 0, or 1 + the millisecond (since `started`) it last
     /// handed a frame over without being asked for the next.
-    sending: Mutex<Vec<Weak<AtomicU64>>>,
+    sending: Mutex<Sending>,
+}
+
+/// The responses being sent, swept of finished ones when the list doubles.
+struct Sending {
+    list: Vec<Weak<AtomicU64>>,
+    sweep_at: usize,
 }
 
 /// What the connection should do after a check.
@@ -49,7 +55,10 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
-            sending: Mutex::new(Vec::new()),
+            sending: Mutex::new(Sending {
+                list: Vec::new(),
+                sweep_at: 64,
+            }),
         }
     }
 }
@@ -71,11 +80,17 @@ impl Activity {
     /// Wraps a response body so the send timeout sees it.
     pub fn track<B>(&self, body: B, guard: InFlight) -> Tracked<B> {
         let stall = Arc::new(AtomicU64::new(0));
-        let mut list = match self.sending.lock() {
+        let mut sending = match self.sending.lock() {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        list.push(Arc::downgrade(&stall));
+        // Swept here too, so a busy keep-alive connection's list stays within twice
+        // its responses in flight, whatever the time between two checks.
+        if sending.list.len() >= sending.sweep_at {
+            sending.list.retain(|w| w.strong_count() > 0);
+            sending.sweep_at = (sending.list.len() * 2).max(64);
+        }
+        sending.list.push(Arc::downgrade(&stall));
         Tracked {
             inner: body,
             stall,
@@ -88,12 +103,12 @@ impl Activity {
         let now = self.now_ms();
         if !send.is_zero() {
             let limit = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
-            let mut list = match self.sending.lock() {
+            let mut sending = match self.sending.lock() {
                 Ok(l) => l,
                 Err(p) => p.into_inner(),
             };
             let mut stalled = false;
-            list.retain(|w| match w.upgrade() {
+            sending.list.retain(|w| match w.upgrade() {
                 Some(s) => {
                     let v = s.load(Ordering::Relaxed);
                     if v != 0 && now.saturating_sub(v - 1) >= limit {
@@ -194,6 +209,30 @@ mod tests {
         drop(h1.begin(http::Version::HTTP_11));
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(h1.check(ms, Duration::ZERO), Verdict::Fine);
+    }
+
+    #[test]
+    fn finished_responses_are_swept_without_a_check() {
+        let a = Arc::new(Activity::default());
+        let live: Vec<_> = (0..10)
+            .map(|_| {
+                a.track(
+                    http_body_util::Empty::<Bytes>::new(),
+                    a.begin(http::Version::HTTP_2),
+                )
+            })
+            .collect();
+        for _ in 0..10_000 {
+            drop(a.track(
+                http_body_util::Empty::<Bytes>::new(),
+                a.begin(http::Version::HTTP_2),
+            ));
+        }
+        let len = a.sending.lock().unwrap().list.len();
+        assert!(len <= 64, "{len} entries for 10 live responses");
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 10);
+        drop(live);
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
