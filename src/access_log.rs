@@ -111,6 +111,46 @@ impl Record {
     }
 }
 
+/// The line for a request hyper refused before it was parsed (bad request line, head
+/// or target too large): there is no method or target, so the request field is `"-"`
+/// (combined) or null (JSON), and `error` says why.
+pub fn write_rejected(
+    format: Format,
+    client_ip: IpAddr,
+    status: u16,
+    bytes: u64,
+    request_id: &str,
+    error: &str,
+) {
+    let line = match format {
+        Format::Off => return,
+        Format::Combined => format!(
+            "{client_ip} - - [{}] \"-\" {status} {bytes} \"-\" \"-\"\n",
+            chrono::Local::now().format("%d/%b/%Y:%H:%M:%S %z")
+        ),
+        Format::Json => {
+            let mut s = serde_json::json!({
+                "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "route": null,
+                "service": null,
+                "method": null,
+                "path": null,
+                "status": status,
+                "bytes": bytes,
+                "latency_ms": 0,
+                "upstream_latency_ms": null,
+                "client_ip": client_ip.to_string(),
+                "request_id": request_id,
+                "error": error,
+            })
+            .to_string();
+            s.push('\n');
+            s
+        }
+    };
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+}
+
 /// nginx's default log escaping: `"`, `\`, control and non-ASCII bytes become \xHH.
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

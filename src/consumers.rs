@@ -1,11 +1,12 @@
 //! Consumers and their credentials, compiled for lookups on the request path: API keys
-//! are indexed by their SHA-256 (so the lookup leaks nothing useful about the key),
+//! are indexed by a SipHash keyed at random per process and confirmed with a
+//! constant-time comparison (so the lookup's timing leaks nothing useful about a key),
 //! basic-auth credentials by username with Kong's password hash, groups per consumer.
 
-use crate::config::model::Config;
+use crate::entities::{Acl, BasicAuthCredential, Consumer, KeyAuthCredential};
 use http::HeaderValue;
-use sha2::Digest;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 #[derive(Debug)]
 pub struct ConsumerRt {
@@ -34,14 +35,12 @@ pub struct BasicCredential {
 #[derive(Debug, Default)]
 pub struct Consumers {
     pub list: Vec<ConsumerRt>,
-    keys: HashMap<[u8; 32], KeyCredential>,
+    /// API keys and their credentials, hashed with `key_hasher`.
+    keys: hashbrown::HashTable<(Box<[u8]>, KeyCredential)>,
+    key_hasher: RandomState,
     basic: HashMap<String, BasicCredential>,
     /// Consumer lookup by id or username (for `anonymous`).
     by_ref: HashMap<String, usize>,
-}
-
-pub fn key_digest(key: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(key).into()
 }
 
 /// Kong's basic-auth hash: sha1(password .. consumer_id), hex.
@@ -62,11 +61,17 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Consumers {
-    pub fn build(cfg: &Config) -> Consumers {
+    /// `transform`: the file's `_transform` (basic-auth passwords given in clear text).
+    pub fn build(
+        consumers: &[Consumer],
+        acls: &[Acl],
+        keyauth_credentials: &[KeyAuthCredential],
+        basicauth_credentials: &[BasicAuthCredential],
+        transform: bool,
+    ) -> Consumers {
         let mut c = Consumers::default();
-        for (i, con) in cfg.consumers.iter().enumerate() {
-            let mut groups: Vec<String> = cfg
-                .acls
+        for (i, con) in consumers.iter().enumerate() {
+            let mut groups: Vec<String> = acls
                 .iter()
                 .filter(|a| a.consumer == i)
                 .map(|a| a.group.clone())
@@ -87,30 +92,40 @@ impl Consumers {
                 c.by_ref.entry(u.clone()).or_insert(i);
             }
         }
-        for k in &cfg.keyauth_credentials {
+        for k in keyauth_credentials {
             if k.key.is_empty() {
                 // An opaque key left unset in the environment: never a valid empty key.
                 tracing::warn!(
-                    consumer = cfg.consumers[k.consumer]
+                    consumer = consumers[k.consumer]
                         .username
                         .as_deref()
-                        .unwrap_or(&cfg.consumers[k.consumer].id),
+                        .unwrap_or(&consumers[k.consumer].id),
                     line = k.pos.line,
                     "skipping a key-auth credential with an empty key"
                 );
                 continue;
             }
-            c.keys.insert(
-                key_digest(k.key.as_bytes()),
-                KeyCredential {
-                    consumer: k.consumer,
-                    id: k.id.clone(),
-                },
-            );
+            let cred = KeyCredential {
+                consumer: k.consumer,
+                id: k.id.clone(),
+            };
+            let key = k.key.as_bytes();
+            let hasher = &c.key_hasher;
+            match c.keys.entry(
+                hasher.hash_one(key),
+                |(stored, _)| **stored == *key,
+                |(stored, _)| hasher.hash_one(&**stored),
+            ) {
+                // A later credential with the same key replaces the earlier one.
+                hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = cred,
+                hashbrown::hash_table::Entry::Vacant(e) => {
+                    e.insert((key.into(), cred));
+                }
+            }
         }
-        for b in &cfg.basicauth_credentials {
-            let consumer_id = &cfg.consumers[b.consumer].id;
-            let password_hash = if cfg.transform {
+        for b in basicauth_credentials {
+            let consumer_id = &consumers[b.consumer].id;
+            let password_hash = if transform {
                 basic_hash(&b.password, consumer_id)
             } else {
                 b.password.to_ascii_lowercase()
@@ -128,7 +143,11 @@ impl Consumers {
     }
 
     pub fn by_key(&self, key: &[u8]) -> Option<&KeyCredential> {
-        self.keys.get(&key_digest(key))
+        self.keys
+            .find(self.key_hasher.hash_one(key), |(stored, _)| {
+                constant_time_eq(stored, key)
+            })
+            .map(|(_, cred)| cred)
     }
 
     /// The credential for `username` if `password` is right (constant-time compare).

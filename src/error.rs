@@ -6,6 +6,10 @@ use crate::body::{self, Body};
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
+/// The `Server` header of every response and the `User-Agent` of the gateway's own
+/// requests (jwks).
+pub const SERVER: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
+
 /// Why the gateway answers instead of the upstream. One exhaustive match below maps
 /// each to Kong's status and message.
 #[derive(Debug, Clone, PartialEq, Eq)]

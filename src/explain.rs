@@ -4,11 +4,11 @@
 //! and which plugin would answer first. Nothing is sent anywhere.
 
 use crate::config::model::Config;
-use crate::config::raw::Pos;
+use crate::config::snapshot::Snapshot;
 use crate::path;
 use crate::plugins::{AuthState, Flow, RequestCtx};
 use crate::router::RequestInfo;
-use crate::snapshot::Snapshot;
+use crate::yaml::raw::Pos;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body_util::BodyExt;
 use std::fmt::Write;

@@ -464,7 +464,7 @@ pub async fn fetch_json(url: &str) -> Result<(serde_json::Value, Option<Duration
     let uri: Uri = url.parse().map_err(|e| format!("bad URL '{url}': {e}"))?;
     let req = Request::get(uri)
         .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, crate::proxy::SERVER)
+        .header(http::header::USER_AGENT, crate::error::SERVER)
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let exchange = async {

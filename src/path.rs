@@ -32,6 +32,34 @@
 use std::borrow::Cow;
 use std::fmt;
 
+/// nginx's `ngx_http_validate_host`, the part that answers 400 ("client sent invalid
+/// host header"): no control bytes, spaces or DEL, no `/` or `\\`, no `..`. Routing on
+/// such a Host while the upstream reads it another way is what it prevents.
+pub fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.contains("..")
+        && !host
+            .bytes()
+            .any(|b| b <= 0x20 || b == 0x7f || b == b'/' || b == b'\\')
+}
+
+/// True when a normalized path holds an overlong UTF-8 form (a `C0`/`C1` lead byte,
+/// `E0 80..9F`, `F0 80..8F`): never text in any client's encoding, only a way to spell
+/// `.`, `/` or `\` that a lax decoder upstream would read as those (`/api/%C0%AE/mcp`
+/// as `/api/./mcp`). The gateway answers 400 where nginx and Kong forward it.
+pub fn has_overlong_utf8(normalized: &[u8]) -> bool {
+    normalized.iter().enumerate().any(|(i, &b)| match b {
+        0xC0 | 0xC1 => true,
+        0xE0 => normalized
+            .get(i + 1)
+            .is_some_and(|n| (0x80..=0x9F).contains(n)),
+        0xF0 => normalized
+            .get(i + 1)
+            .is_some_and(|n| (0x80..=0x8F).contains(n)),
+        _ => false,
+    })
+}
+
 /// A raw request path the gateway must answer with 400: a `%` not followed by two hex digits
 /// (from [`normalize`]), or anything else nginx refuses (from [`check_nginx_uri`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -669,6 +697,44 @@ mod tests {
 
     fn norm(raw: &str) -> Vec<u8> {
         normalize(raw).unwrap_or_else(|e| panic!("normalize({raw:?}): {e}"))
+    }
+
+    #[test]
+    fn overlong_utf8_is_spotted_after_normalizing() {
+        for bad in [
+            "/api/%C0%AE/mcp",
+            "/%c0%af",
+            "/%c1%9c",
+            "/x/%e0%80%ae",
+            "/%f0%80%80%ae",
+        ] {
+            assert!(has_overlong_utf8(&norm(bad)), "{bad}");
+        }
+        for good in [
+            "/caf%C3%A9",
+            "/%E0%A4%85",
+            "/%F0%9F%98%80",
+            "/plain",
+            "/%e9",
+        ] {
+            assert!(!has_overlong_utf8(&norm(good)), "{good}");
+        }
+    }
+
+    #[test]
+    fn host_validation_follows_nginx() {
+        for good in [
+            "localhost",
+            "a.b:8000",
+            "[::1]:80",
+            "LOCALHOST",
+            "localhost.",
+        ] {
+            assert!(valid_host(good), "{good}");
+        }
+        for bad in ["", "a b", "a/b", "a\\b", "a..b", "a\tb", "a\u{7f}"] {
+            assert!(!valid_host(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,12 +4,14 @@
 use crate::access_log::{self, LoggedBody, Record};
 use crate::body::{self, Body};
 use crate::config::model::Route;
+use crate::config::snapshot::{ChainLink, Snapshot};
+pub use crate::context::{Listener, captures_json};
 use crate::error::GatewayError;
+pub use crate::error::SERVER;
 use crate::ipset::{IpSet, real_client_ip};
 use crate::path;
 use crate::plugins::{AuthState, Flow, RequestCtx};
-use crate::router::{Captures, RequestInfo};
-use crate::snapshot::{ChainLink, Snapshot};
+use crate::router::RequestInfo;
 use crate::upstream;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -27,7 +29,6 @@ const BUFFERED_BODY_LIMIT: usize = 8 << 20;
 /// The most of a request body request-termination's `echo` reads.
 const ECHO_BODY_LIMIT: usize = 1 << 20;
 
-pub const SERVER: &str = concat!("portcullis/", env!("CARGO_PKG_VERSION"));
 const VIA_11: &str = concat!("1.1 portcullis/", env!("CARGO_PKG_VERSION"));
 const VIA_2: &str = concat!("2 portcullis/", env!("CARGO_PKG_VERSION"));
 const VIA_10: &str = concat!("1.0 portcullis/", env!("CARGO_PKG_VERSION"));
@@ -54,7 +55,7 @@ pub struct Settings {
     pub real_ip_recursive: bool,
     pub access_log: access_log::Format,
     /// Request and connection limits (see `server::Limits`).
-    pub limits: crate::server::Limits,
+    pub limits: crate::limits::Limits,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -66,7 +67,7 @@ impl Default for Settings {
             real_ip_header: X_REAL_IP.clone(),
             real_ip_recursive: false,
             access_log: access_log::Format::Combined,
-            limits: crate::server::Limits::default(),
+            limits: crate::limits::Limits::default(),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -102,7 +103,7 @@ impl Gateway {
         let metrics = crate::metrics::Metrics::new();
         let rate_limits =
             crate::plugins::rate_limiting::Store::new(metrics.ratelimit_redis_errors());
-        rate_limits.bind(&snapshot);
+        rate_limits.bind(snapshot.rate_limiting());
         Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             settings,
@@ -132,13 +133,6 @@ pub struct ReloadStatus {
     pub reloads_failed: u64,
     /// Reloads that found the file identical to the running config (nothing swapped).
     pub reloads_unchanged: u64,
-}
-
-/// What the listener knows about the connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Listener {
-    pub port: u16,
-    pub tls: bool,
 }
 
 /// A cheap unique request id (32 hex digits): a per-process random prefix and a counter.
@@ -394,20 +388,29 @@ impl Exchange<'_> {
             );
         }
         // Owned (a cheap refcounted clone) so plugins may change the headers later.
-        let host_val: Option<HeaderValue> = match parts.headers.get(header::HOST) {
-            Some(h) if h.to_str().is_ok() => Some(h.clone()),
-            Some(_) => {
+        // Two Host lines are refused, as nginx does ("client sent duplicate host
+        // header"): routing and the upstream could each pick a different one.
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        let host_val: Option<HeaderValue> = match (hosts.next(), hosts.next()) {
+            (Some(h), None) if h.to_str().is_ok() => Some(h.clone()),
+            (Some(_), _) => {
                 return (
                     self.error(GatewayError::BadRequest, &parts.headers, &method),
                     info,
                 );
             }
-            None => parts
+            (None, _) => parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         let host_raw: Option<&str> = host_val.as_ref().and_then(|v| v.to_str().ok());
+        if host_raw.is_some_and(|h| !path::valid_host(h)) {
+            return (
+                self.error(GatewayError::BadRequest, &parts.headers, &method),
+                info,
+            );
+        }
         if host_raw.is_none() && parts.version == Version::HTTP_11 {
             return (
                 self.error(GatewayError::BadRequest, &parts.headers, &method),
@@ -421,8 +424,8 @@ impl Exchange<'_> {
             );
         }
         let normalized = match path::normalize(parts.uri.path()) {
-            Ok(p) => p,
-            Err(_) => {
+            Ok(p) if !path::has_overlong_utf8(&p) => p,
+            _ => {
                 return (
                     self.error(GatewayError::BadRequest, &parts.headers, &method),
                     info,
@@ -726,7 +729,9 @@ impl Exchange<'_> {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
                 body::full(b)
             }
-            (None, Some(s)) => s.map_err(|e| Box::new(e) as crate::body::BoxError).boxed(),
+            (None, Some(s)) => s
+                .map_err(|e| Box::new(upstream::ClientBodyError(e)) as crate::body::BoxError)
+                .boxed(),
             (None, None) => body::empty(),
         };
         let mut up_req = Request::new(up_body);
@@ -1005,7 +1010,7 @@ fn run_header_filters(
     req: &HeaderMap,
     resp: &mut HeaderMap,
 ) {
-    for link in crate::snapshot::select(chain, consumer) {
+    for link in crate::config::snapshot::select(chain, consumer) {
         link.plugin.header_filter(method, req, resp);
     }
 }
@@ -1122,21 +1127,4 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-}
-
-pub fn captures_json(c: &Captures) -> serde_json::Value {
-    let unnamed: Vec<serde_json::Value> = c
-        .numbered
-        .iter()
-        .map(|v| match v {
-            Some(s) => serde_json::Value::String(s.clone()),
-            None => serde_json::Value::Null,
-        })
-        .collect();
-    let named: serde_json::Map<String, serde_json::Value> = c
-        .named
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    serde_json::json!({ "unnamed": unnamed, "named": named })
 }

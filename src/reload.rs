@@ -21,9 +21,9 @@
 //! (a symlink swap names `..data`, not the file); what decides is the file's content
 //! hash, read through the path as given, compared with the running config's.
 
-use crate::config::raw::Pos;
 use crate::config::{self, ConfigError, ConfigErrors};
 use crate::proxy::Gateway;
+use crate::yaml::raw::Pos;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::Digest;
@@ -130,7 +130,7 @@ fn load_if_changed(gw: &Gateway, path: &Path) -> Result<Outcome, ConfigErrors> {
     let generation = current.generation + 1;
     let snap = config::load_bytes(&name, &bytes, generation, &gw.clients)?;
     // Plugins whose scope and config are unchanged keep their counters.
-    gw.rate_limits.bind(&snap);
+    gw.rate_limits.bind(snap.rate_limiting());
     gw.snapshot.store(Arc::new(snap));
     Ok(Outcome::Reloaded(generation))
 }

@@ -19,6 +19,7 @@
 
 use crate::body::{self, Body};
 use crate::error::GatewayError;
+pub use crate::limits::Limits;
 use crate::metrics::{ConnectionError, OpenConnection};
 use crate::proxy::{self, Gateway, Listener};
 use crate::watchdog::{Activity, Verdict};
@@ -39,85 +40,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Request and connection limits (flags `--max-header-bytes`, `--max-uri-bytes`,
-/// `--header-timeout`, `--max-connections`, `--idle-timeout`, `--send-timeout`,
-/// `--body-timeout` and the `--h2-*` ones).
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Request line plus headers (name, value, `: ` and CRLF each). nginx's
-    /// `large_client_header_buffers 4 8k` allows about 32 KiB.
-    pub max_header_bytes: usize,
-    /// Request target (path and query). nginx: one 8 KiB buffer for the request line.
-    pub max_uri_bytes: usize,
-    /// TLS handshake + first request head, and each later HTTP/1.1 request head.
-    pub header_timeout: Duration,
-    /// Open client connections across the proxy listeners.
-    pub max_connections: usize,
-    /// An HTTP/2 connection with no stream open this long gets GOAWAY (nginx's
-    /// `keepalive_timeout` for HTTP/2). Zero: never.
-    pub idle_timeout: Duration,
-    /// A response the client does not take for this long (socket not read, HTTP/2
-    /// window kept shut) closes the connection (nginx's `send_timeout`). Zero: never.
-    pub send_timeout: Duration,
-    /// A request body that a plugin reads whole must arrive within this (else 408,
-    /// nginx's `client_body_timeout`). Zero: no limit.
-    pub body_timeout: Duration,
-    /// HTTP/2 streams a client may have open at once (nginx's
-    /// `http2_max_concurrent_streams`); more are refused with RST_STREAM.
-    pub h2_max_concurrent_streams: u32,
-    /// HTTP/2 streams the client opened and reset before they were served
-    /// (CVE-2023-44487, rapid reset), over which the connection gets GOAWAY.
-    pub h2_max_pending_resets: usize,
-    /// HTTP/2 streams the gateway had to reset for protocol errors, over which the
-    /// connection gets GOAWAY.
-    pub h2_max_error_resets: usize,
-    /// Response bytes buffered per HTTP/2 stream for a client that is not reading.
-    pub h2_max_send_buffer: usize,
-    /// Interval of HTTP/2 PINGs to the client; one unanswered for 20 s closes the
-    /// connection. Zero: no pings.
-    pub h2_keepalive: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 32 * 1024,
-            max_uri_bytes: 8 * 1024,
-            header_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-            idle_timeout: Duration::from_secs(60),
-            send_timeout: Duration::from_secs(60),
-            body_timeout: Duration::from_secs(60),
-            h2_max_concurrent_streams: 128,
-            h2_max_pending_resets: 20,
-            h2_max_error_resets: 1024,
-            h2_max_send_buffer: 400 * 1024,
-            h2_keepalive: Duration::ZERO,
-        }
-    }
-}
-
 /// hyper refuses a read buffer below this (and panics when asked).
 const HYPER_MIN_BUF: usize = 8192;
 
 impl Limits {
-    /// The gateway error for a request head over a limit, if it is.
-    pub fn check_head(&self, parts: &http::request::Parts) -> Option<GatewayError> {
-        let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
-        if target > self.max_uri_bytes {
-            return Some(GatewayError::UriTooLong);
-        }
-        // "METHOD target HTTP/1.1\r\n", then "name: value\r\n" per header.
-        let mut size = parts.method.as_str().len() + target + 11;
-        for (name, value) in &parts.headers {
-            size += name.as_str().len() + value.len() + 4;
-            if size > self.max_header_bytes {
-                return Some(GatewayError::HeaderTooLarge);
-            }
-        }
-        None
-    }
-
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
         let mut h1 = b.http1();
@@ -466,6 +392,7 @@ impl Connection {
             pending: None,
             watch_errors: true,
             gw: Arc::clone(&self.gw),
+            peer: self.peer.ip(),
         };
         let (gw, peer, info) = (Arc::clone(&self.gw), self.peer, self.info);
         let first = Arc::clone(&seen);
@@ -570,6 +497,8 @@ struct ConnIo<S> {
     /// Off once the connection is upgraded (the bytes are no longer HTTP/1.1).
     watch_errors: bool,
     gw: Arc<Gateway>,
+    /// For the access-log line of a request head hyper refused.
+    peer: std::net::IpAddr,
 }
 
 /// hyper's automatic answer to an unusable request head: a status line, then only
@@ -607,10 +536,9 @@ fn hyper_error_head(buf: &[u8]) -> Option<GatewayError> {
 
 /// Kong's answer for `err` on a connection about to close: plain text (no request
 /// header could be read to negotiate another type).
-fn kong_error_bytes(err: &GatewayError) -> Bytes {
+fn kong_error_answer(err: &GatewayError, id: &str) -> Bytes {
     let (status, msg, _) = err.parts();
-    let id = proxy::request_id();
-    let (ctype, text) = crate::error::render_text(crate::error::Format::Plain, msg, &id);
+    let (ctype, text) = crate::error::render_text(crate::error::Format::Plain, msg, id);
     let head = format!(
         "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\nserver: {}\r\nx-kong-request-id: {id}\r\n\r\n",
         status.as_str(),
@@ -661,7 +589,24 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
             GatewayError::BadRequest => ConnectionError::BadRequest,
             _ => ConnectionError::HeaderTooLarge,
         });
-        self.pending = Some(kong_error_bytes(&err));
+        // hyper calls no service for a head it refused: the access-log line is ours.
+        let id = proxy::request_id();
+        let answer = kong_error_answer(&err, &id);
+        let (status, msg, _) = err.parts();
+        let body = answer.len()
+            - answer
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(0, |i| i + 4);
+        crate::access_log::write_rejected(
+            self.gw.settings.access_log,
+            self.peer,
+            status.as_u16(),
+            body as u64,
+            &id,
+            msg,
+        );
+        self.pending = Some(answer);
         true
     }
 }
@@ -835,7 +780,7 @@ mod tests {
             hyper_error_head(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
             None
         );
-        let b = kong_error_bytes(&GatewayError::HeaderTooLarge);
+        let b = kong_error_answer(&GatewayError::HeaderTooLarge, &proxy::request_id());
         let text = String::from_utf8_lossy(&b);
         assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
         assert!(text.contains("\r\n\r\nRequest header or cookie too large\nrequest_id: "));

@@ -12,8 +12,8 @@
 //! (rustls-native-certs: /etc/ssl/certs, or `SSL_CERT_FILE`/`SSL_CERT_DIR`), unless the
 //! service says `tls_verify: false`.
 
-use crate::config::raw::Pos;
-use crate::config::{ConfigError, ConfigErrors};
+use crate::yaml::raw::Pos;
+use crate::yaml::{ConfigError, ConfigErrors};
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;

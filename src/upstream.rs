@@ -312,6 +312,11 @@ impl Service<Name> for Resolver {
 pub fn classify(err: &(dyn std::error::Error + 'static)) -> GatewayError {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
+        // The client's body broke (bad chunk, cut short) while we streamed it: the
+        // client's fault, nginx's 400, not the upstream's 502.
+        if e.is::<ClientBodyError>() {
+            return GatewayError::BadRequest;
+        }
         if e.is::<DnsError>() {
             return GatewayError::NameResolution;
         }
@@ -326,6 +331,24 @@ pub fn classify(err: &(dyn std::error::Error + 'static)) -> GatewayError {
         cur = e.source();
     }
     GatewayError::UpstreamInvalid
+}
+
+/// A client request body that failed while it was streamed upstream (malformed
+/// chunked framing, connection cut mid-body). The upstream request is aborted, so the
+/// upstream never sees it complete; `classify` makes it a 400.
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// Retries on a fresh connection for requests a pooled connection never took (the

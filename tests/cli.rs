@@ -11,17 +11,18 @@
 mod common;
 
 use bytes::Bytes;
+use common::process::{Finished, GatewayBuilder, GatewayProcess};
 use common::{Resp, echo_upstream, echoed, get, send, serve_upstream};
+
+type Gateway = GatewayProcess;
 use http_body_util::BodyExt;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// Start-up, `check`, one small request, one log line.
 const WAIT: Duration = Duration::from_secs(20);
 /// 100 MiB one way through a debug build.
@@ -34,182 +35,43 @@ const MIB: u64 = 1024 * 1024;
 
 /// `portcullis` in `cwd`, with an environment holding nothing but PATH, NO_COLOR and
 /// PORTCULLIS_TLS_LISTEN=off.
-fn portcullis(cwd: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.env_clear()
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        // The HTTPS listener defaults to 0.0.0.0:8443, which parallel tests can't share
-        // (tests/ops.rs covers it).
-        .env("PORTCULLIS_TLS_LISTEN", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(p) = std::env::var_os("PATH") {
-        c.env("PATH", p);
-    }
+fn portcullis(cwd: &Path) -> GatewayBuilder {
+    let mut c = GatewayProcess::bin();
+    // The HTTPS listener defaults to 0.0.0.0:8443, which parallel tests can't share
+    // (tests/ops.rs covers it).
+    c.cwd(cwd).env("PORTCULLIS_TLS_LISTEN", "off");
     c
 }
 
-/// Lines of one of the child's pipes, read on a thread so the pipe never fills.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn read_from(pipe: impl Read + Send + 'static) -> (Lines, std::thread::JoinHandle<()>) {
-        let lines = Lines::default();
-        let sink = lines.clone();
-        let t = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                sink.0.lock().unwrap().push(line);
-            }
-        });
-        (lines, t)
-    }
-    fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn text(&self) -> String {
-        self.all().join("\n")
-    }
-}
-
-/// Polls `child` until it exits or `limit` passes (then kills it and panics).
-fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Waits (bounded) for a pipe reader to reach end of file.
-fn join_reader(t: std::thread::JoinHandle<()>) {
-    let deadline = Instant::now() + WAIT;
-    while !t.is_finished() {
-        assert!(Instant::now() < deadline, "pipe reader did not finish");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    t.join().unwrap();
-}
-
 /// A command that is expected to end by itself (`check`, or `run` refusing to start).
-struct Finished {
-    status: ExitStatus,
-    stdout: Vec<String>,
-    stderr: String,
+fn finish(cmd: GatewayBuilder) -> Finished {
+    cmd.finish(WAIT)
 }
 
-impl Finished {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
+/// Starts and waits until one proxy listener and the status listener are up.
+fn start(cmd: GatewayBuilder) -> Gateway {
+    start_expecting(cmd, 1, true)
 }
 
-fn finish(mut cmd: Command) -> Finished {
-    let mut child = cmd.spawn().expect("spawn portcullis");
-    let (out, to) = Lines::read_from(child.stdout.take().unwrap());
-    let (err, te) = Lines::read_from(child.stderr.take().unwrap());
-    let status = wait_exit(&mut child, WAIT, "portcullis");
-    join_reader(to);
-    join_reader(te);
-    Finished {
-        status,
-        stdout: out.all(),
-        stderr: err.text(),
-    }
+/// The status listener is bound after every proxy listener, so once all the
+/// expected lines are there the gateway is ready.
+fn start_expecting(mut cmd: GatewayBuilder, proxies: usize, status: bool) -> Gateway {
+    cmd.ready_when(proxies, 0, status).start_wait(WAIT).start()
 }
 
-/// A running `portcullis run`, killed on drop.
-struct Gateway {
-    child: Child,
-    proxy: Vec<SocketAddr>,
-    status: Option<SocketAddr>,
-    stdout: Lines,
-    stderr: Lines,
-    /// Access log lines already handed out by `log_line`.
-    seen: usize,
+/// What these tests ask of a running gateway beyond `GatewayProcess`.
+trait Harness {
+    fn addr(&self) -> SocketAddr;
+    async fn status_json(&self) -> serde_json::Value;
+    /// The next access log line on stdout (bounded wait).
+    async fn log_line(&mut self) -> String;
+    /// SIGTERM, then a bounded wait for the graceful exit.
+    fn terminate(&mut self) -> ExitStatus;
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address logged after `marker` (`... proxy listening addr=127.0.0.1:PORT`).
-fn logged_addrs(lines: &[String], marker: &str) -> Vec<SocketAddr> {
-    lines
-        .iter()
-        .filter(|l| l.contains(marker))
-        .filter_map(|l| {
-            let rest = &l[l.find("addr=")? + 5..];
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            rest[..end].trim_matches('"').parse().ok()
-        })
-        .collect()
-}
-
-impl Gateway {
-    /// Starts and waits until one proxy listener and the status listener are up.
-    fn start(cmd: Command) -> Gateway {
-        Gateway::start_expecting(cmd, 1, true)
-    }
-
-    /// The status listener is bound after every proxy listener, so once all the
-    /// expected lines are there the gateway is ready.
-    fn start_expecting(mut cmd: Command, proxies: usize, status: bool) -> Gateway {
-        let mut child = cmd.spawn().expect("spawn portcullis");
-        let (stdout, _) = Lines::read_from(child.stdout.take().unwrap());
-        let (stderr, _) = Lines::read_from(child.stderr.take().unwrap());
-        let mut g = Gateway {
-            child,
-            proxy: Vec::new(),
-            status: None,
-            stdout,
-            stderr,
-            seen: 0,
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let lines = g.stderr.all();
-            g.proxy = logged_addrs(&lines, "proxy listening");
-            g.status = logged_addrs(&lines, "status listening").first().copied();
-            if g.proxy.len() >= proxies && g.status.is_some() == status {
-                break;
-            }
-            if let Some(s) = g.child.try_wait().unwrap() {
-                panic!("portcullis exited early ({s}):\n{}", g.stderr.text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portcullis not ready after {WAIT:?}:\n{}",
-                g.stderr.text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(g.proxy.len(), proxies, "{}", g.stderr.text());
-        g
-    }
-
+impl Harness for Gateway {
     fn addr(&self) -> SocketAddr {
-        self.proxy[0]
-    }
-
-    fn status_addr(&self) -> SocketAddr {
-        self.status.expect("no status listener")
+        self.proxy_addr()
     }
 
     async fn status_json(&self) -> serde_json::Value {
@@ -218,44 +80,13 @@ impl Gateway {
         r.json()
     }
 
-    /// The next access log line on stdout (bounded wait).
     async fn log_line(&mut self) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let lines = self.stdout.all();
-            if lines.len() > self.seen {
-                self.seen += 1;
-                return lines[self.seen - 1].clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no access log line after {WAIT:?}; stdout so far: {lines:?}\nstderr:\n{}",
-                self.stderr.text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.next_stdout_line(WAIT).await
     }
 
-    /// SIGTERM, then a bounded wait for the graceful exit.
     fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
-        wait_exit(&mut self.child, WAIT, "portcullis after SIGTERM")
-    }
-
-    /// Peak resident set size of the gateway process so far, in KiB (VmHWM).
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/<pid>/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status")
+        self.signal("TERM");
+        self.wait_exit_blocking(WAIT)
     }
 }
 
@@ -599,7 +430,7 @@ fn supabase_fixture(name: &str) -> PathBuf {
 
 /// What Supabase's kong-entrypoint.sh exports before the gateway reads kong.yml (the
 /// legacy branch of its LUA_* expressions).
-fn supabase_env(cmd: &mut Command) {
+fn supabase_env(cmd: &mut GatewayBuilder) {
     for (k, v) in [
         ("SUPABASE_ANON_KEY", "eyJhbGciOiJIUzI1NiJ9.anon.sig"),
         ("SUPABASE_SERVICE_KEY", "eyJhbGciOiJIUzI1NiJ9.service.sig"),
@@ -687,7 +518,7 @@ async fn supabase_fixture_runs_from_kong_declarative_config() {
     cmd.args(run_args(&[]))
         .env("KONG_DECLARATIVE_CONFIG", &path);
     supabase_env(&mut cmd);
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
     let st = g.status_json().await;
     assert_eq!(st["config_file"], s(&path));
     assert_eq!(st["generation"], 1);
@@ -798,7 +629,7 @@ async fn run_embedded_config_denies_by_default() {
     let empty = tempfile::tempdir().unwrap();
     let mut cmd = portcullis(empty.path());
     cmd.args(run_args(&[]));
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
 
     for target in ["/mcp", "/mcp/tools/list?x=1", "/api/mcp", "/api/mcp/x"] {
         let r = get(g.addr(), target).await;
@@ -846,7 +677,7 @@ async fn run_embedded_config_denies_by_default() {
     // SIGTERM drains and exits 0.
     let code = g.terminate();
     assert!(code.success(), "{code}");
-    assert!(g.stderr.text().contains("shutting down"));
+    assert!(g.stderr_text().contains("shutting down"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -857,7 +688,7 @@ async fn run_without_config_prefers_gateway_yaml_in_cwd() {
     write(dir.path(), "gateway.yaml", &text);
     let mut cmd = portcullis(dir.path());
     cmd.args(run_args(&["--access-log", "off"]));
-    let g = Gateway::start(cmd);
+    let g = start(cmd);
     let r = get(g.addr(), "/echo/x").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["path"], "/base/x");
@@ -883,9 +714,9 @@ async fn env_twins_configure_listeners_config_and_access_log() {
         .env("PORTCULLIS_STATUS_LISTEN", "127.0.0.1:0")
         .env("PORTCULLIS_CONFIG", &cfg)
         .env("PORTCULLIS_ACCESS_LOG", "json");
-    let mut g = Gateway::start_expecting(cmd, 2, true);
-    assert_ne!(g.proxy[0], g.proxy[1]);
-    for addr in g.proxy.clone() {
+    let mut g = start_expecting(cmd, 2, true);
+    assert_ne!(g.proxy_addrs()[0], g.proxy_addrs()[1]);
+    for addr in g.proxy_addrs().to_vec() {
         let r = get(addr, "/echo/a").await;
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["path"], "/base/a");
@@ -913,7 +744,7 @@ async fn flags_win_over_env_twins() {
         .env("PORTCULLIS_TRUSTED_IPS", "127.0.0.1")
         .env("PORTCULLIS_REAL_IP_HEADER", "x-client-addr")
         .args(["--trusted-ips", "10.0.0.0/8", "--real-ip-header", "x-other"]);
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
     let r = send(
         g.addr(),
         "GET",
@@ -947,7 +778,7 @@ async fn kong_declarative_config_is_used_when_portcullis_config_is_unset() {
     let mut cmd = portcullis(dir.path());
     cmd.args(run_args(&[]))
         .env("KONG_DECLARATIVE_CONFIG", &kong);
-    let g = Gateway::start(cmd);
+    let g = start(cmd);
     assert_eq!(g.status_json().await["config_file"], s(&kong));
     assert_eq!(get(g.addr(), "/echo").await.status, 200);
     drop(g);
@@ -956,7 +787,7 @@ async fn kong_declarative_config_is_used_when_portcullis_config_is_unset() {
     cmd.args(run_args(&[]))
         .env("KONG_DECLARATIVE_CONFIG", &kong)
         .env("PORTCULLIS_CONFIG", &ours);
-    let g = Gateway::start(cmd);
+    let g = start(cmd);
     assert_eq!(g.status_json().await["config_file"], s(&ours));
     assert_eq!(get(g.addr(), "/ours").await.status, 200);
     assert_eq!(get(g.addr(), "/echo").await.status, 404);
@@ -967,7 +798,7 @@ async fn kong_declarative_config_is_used_when_portcullis_config_is_unset() {
     cmd.args(run_args(&[]))
         .env("PORTCULLIS_CONFIG", "")
         .env("KONG_DECLARATIVE_CONFIG", &kong);
-    let g = Gateway::start(cmd);
+    let g = start(cmd);
     assert_eq!(g.status_json().await["config_file"], s(&kong));
     assert_eq!(get(g.addr(), "/echo").await.status, 200);
 }
@@ -984,7 +815,7 @@ async fn kong_trusted_ips_and_real_ip_header_are_honoured() {
     cmd.args(run_args(&["--config", s(&cfg)]))
         .env("KONG_TRUSTED_IPS", "10.0.0.0/8, 127.0.0.1/32")
         .env("KONG_REAL_IP_HEADER", "X-Client-Addr");
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
     let r = send(
         g.addr(),
         "GET",
@@ -1007,7 +838,7 @@ async fn kong_trusted_ips_and_real_ip_header_are_honoured() {
         .env("PORTCULLIS_TRUSTED_IPS", "10.0.0.0/8")
         .env("KONG_TRUSTED_IPS", "127.0.0.1")
         .env("KONG_REAL_IP_HEADER", "X-Client-Addr");
-    let g = Gateway::start(cmd);
+    let g = start(cmd);
     let r = send(
         g.addr(),
         "GET",
@@ -1028,7 +859,7 @@ async fn kong_trusted_ips_and_real_ip_header_are_honoured() {
         if recursive {
             cmd.env("PORTCULLIS_REAL_IP_RECURSIVE", "true");
         }
-        let g = Gateway::start(cmd);
+        let g = start(cmd);
         let r = send(
             g.addr(),
             "GET",
@@ -1046,19 +877,19 @@ async fn listen_off_keeps_the_status_listener() {
     let empty = tempfile::tempdir().unwrap();
     let mut cmd = portcullis(empty.path());
     cmd.args(["run", "--listen", "off", "--status-listen", "127.0.0.1:0"]);
-    let g = Gateway::start_expecting(cmd, 0, true);
+    let g = start_expecting(cmd, 0, true);
     let r = get(g.status_addr(), "/health").await;
     assert_eq!(r.status, 200);
     assert_eq!(g.status_json().await["generation"], 1);
-    assert!(!g.stderr.text().contains("proxy listening"));
+    assert!(!g.stderr_text().contains("proxy listening"));
 
     // And the env twin of "off".
     let mut cmd = portcullis(empty.path());
     cmd.args(["run", "--status-listen", "127.0.0.1:0"])
         .env("PORTCULLIS_LISTEN", "off");
-    let g = Gateway::start_expecting(cmd, 0, true);
+    let g = start_expecting(cmd, 0, true);
     assert_eq!(get(g.status_addr(), "/health").await.status, 200);
-    assert!(!g.stderr.text().contains("proxy listening"));
+    assert!(!g.stderr_text().contains("proxy listening"));
 }
 
 #[test]
@@ -1206,7 +1037,7 @@ async fn access_log_combined_matches_nginx_format() {
     let cfg = write(dir.path(), "log.yaml", &echo_config(up));
     let mut cmd = portcullis(dir.path());
     cmd.args(run_args(&["--config", s(&cfg)]));
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
     let time_re =
         regex::Regex::new(r"^\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}$").unwrap();
 
@@ -1280,7 +1111,7 @@ async fn access_log_json_has_every_field() {
     let cfg = write(dir.path(), "log.yaml", &echo_config(up));
     let mut cmd = portcullis(dir.path());
     cmd.args(run_args(&["--config", s(&cfg), "--access-log", "json"]));
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
     let time_re = regex::Regex::new(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$").unwrap();
     let keys = [
         "bytes",
@@ -1331,7 +1162,7 @@ async fn access_log_json_has_every_field() {
         r.header("x-kong-request-id").unwrap()
     );
     // One object per line.
-    assert_eq!(g.stdout.len(), 2);
+    assert_eq!(g.stdout_lines().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1341,16 +1172,16 @@ async fn access_log_off_writes_nothing() {
     let cfg = write(dir.path(), "log.yaml", &echo_config(up));
     let mut cmd = portcullis(dir.path());
     cmd.args(run_args(&["--config", s(&cfg), "--access-log", "off"]));
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
     assert_eq!(get(g.addr(), "/echo").await.status, 200);
     assert_eq!(get(g.addr(), "/nowhere").await.status, 404);
     // Exit cleanly, then stdout is complete: nothing was written.
     assert!(g.terminate().success());
     let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline && !g.stderr.text().contains("shutting down") {
+    while Instant::now() < deadline && !g.stderr_text().contains("shutting down") {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(g.stdout.all().is_empty(), "{:?}", g.stdout.all());
+    assert!(g.stdout_lines().is_empty(), "{:?}", g.stdout_lines());
 }
 
 // ---------------------------------------------------------------------------------
@@ -1450,7 +1281,7 @@ async fn upload_100_mib_streams_through_with_small_rss() {
     let cfg = write(dir.path(), "big.yaml", &big_config(up));
     let mut cmd = portcullis(dir.path());
     cmd.args(run_args(&["--config", s(&cfg), "--access-log", "off"]));
-    let g = Gateway::start(cmd);
+    let g = start(cmd);
     let before = g.peak_rss_kib();
 
     let produced = Arc::new(AtomicU64::new(0));
@@ -1516,7 +1347,7 @@ async fn download_100_mib_streams_through_with_small_rss() {
     let cfg = write(dir.path(), "big.yaml", &big_config(up));
     let mut cmd = portcullis(dir.path());
     cmd.args(run_args(&["--config", s(&cfg)]));
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
     let before = g.peak_rss_kib();
 
     let req = http::Request::get("/big/download")
@@ -1578,12 +1409,12 @@ async fn workers_share_the_port_and_serve_every_connection() {
     let cfg = write(dir.path(), "gw.yaml", &echo_config(up));
     let mut cmd = portcullis(dir.path());
     cmd.args(run_args(&["--config", s(&cfg), "--workers", "3"]));
-    let mut g = Gateway::start(cmd);
+    let mut g = start(cmd);
     // One listening line for the address, naming the workers; one thread each.
-    let text = g.stderr.text();
+    let text = g.stderr_text();
     assert_eq!(text.matches("proxy listening").count(), 1, "{text}");
     assert!(text.contains("workers=3"), "{text}");
-    let workers: Vec<String> = thread_names(g.child.id())
+    let workers: Vec<String> = thread_names(g.pid())
         .into_iter()
         .filter(|n| n.starts_with("portcullis-w"))
         .collect();
@@ -1620,11 +1451,11 @@ async fn workers_default_to_the_cores_the_process_may_use() {
     // An empty value counts as unset, like every PORTCULLIS_* variable.
     cmd.env("PORTCULLIS_WORKERS", "");
     cmd.args(run_args(&["--config", s(&cfg)]));
-    let g = Gateway::start(cmd);
+    let g = start(cmd);
     let cores = std::thread::available_parallelism().unwrap().get();
-    let text = g.stderr.text();
+    let text = g.stderr_text();
     assert!(text.contains(&format!("workers={cores}")), "{text}");
-    let workers = thread_names(g.child.id())
+    let workers = thread_names(g.pid())
         .into_iter()
         .filter(|n| n.starts_with("portcullis-w"))
         .count();

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::process::GatewayProcess;
 use portcullis::config::raw::{Node, Value, parse};
 use std::path::PathBuf;
 use std::process::Command;
@@ -193,46 +196,18 @@ fn kong_health_through_the_entrypoint() {
     assert!(!out.status.success());
 
     // A running gateway: healthy.
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .current_dir(dir.path())
-            .args([
-                "run",
-                "--listen",
-                "off",
-                "--status-listen",
-                "127.0.0.1:0",
-                "--tls-listen",
-                "off",
-            ])
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("KONG_DECLARATIVE_CONFIG")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(i) = line.find("status listening addr=") {
-                let rest = &line[i + "status listening addr=".len()..];
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
-                    .collect();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("status listener");
+    let gw = GatewayProcess::run()
+        .args([
+            "--listen",
+            "off",
+            "--status-listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "off",
+        ])
+        .ready_when(0, 0, true)
+        .start();
+    let addr = gw.status_addr().to_string();
     let out = Command::new("sh")
         .arg(repo("deploy/entrypoint.sh"))
         .args(["kong", "health"])
@@ -240,20 +215,10 @@ fn kong_health_through_the_entrypoint() {
         .env("PORTCULLIS_STATUS_LISTEN", &addr)
         .output()
         .unwrap();
-    drop(child);
+    drop(gw);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Kills the child even when the test fails midway.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

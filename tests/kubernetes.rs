@@ -6,12 +6,10 @@
 
 mod common;
 
+use common::process::GatewayProcess;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use std::time::Duration;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
@@ -53,8 +51,10 @@ fn env<'a>(container: &'a Value, name: &str) -> &'a str {
 
 /// The binary's default for `--status-listen`, from its own help text.
 fn default_status_port() -> u16 {
-    let out = Command::new(BIN).args(["run", "--help"]).output().unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
+    let out = GatewayProcess::bin()
+        .args(["run", "--help"])
+        .finish(Duration::from_secs(20));
+    let help = out.stdout.join("\n");
     let at = help
         .find("--status-listen")
         .expect("--status-listen in help");
@@ -153,18 +153,15 @@ async fn embedded_config_checks_and_probes_answer() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("gateway.yaml");
     std::fs::write(&file, cm["data"]["gateway.yaml"].as_str().unwrap()).unwrap();
-    let out = Command::new(BIN)
+    let out = GatewayProcess::bin()
         .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .env_clear()
-        .output()
-        .unwrap();
+        .config_file(&file)
+        .finish(Duration::from_secs(20));
     assert!(
         out.status.success(),
         "portcullis check failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.stdout.join("\n"),
+        out.stderr
     );
 
     // The real binary on that config: the readiness path answers 200 on the status
@@ -172,53 +169,14 @@ async fn embedded_config_checks_and_probes_answer() {
     let deploy = find(&docs, "Deployment", "portcullis");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
     let path = c["readinessProbe"]["httpGet"]["path"].as_str().unwrap();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .env_clear()
-        .env("NO_COLOR", "1")
+    let gw = GatewayProcess::run()
         .env("PORTCULLIS_CONFIG", &file)
         .env("PORTCULLIS_LISTEN", "127.0.0.1:0")
         .env("PORTCULLIS_TLS_LISTEN", "off")
         .env("PORTCULLIS_STATUS_LISTEN", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut status = None;
-    let mut seen = Vec::new();
-    while status.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no status listener:\n{}", seen.join("\n"));
-        if let Ok(line) = rx.recv_timeout(left.min(Duration::from_millis(200))) {
-            if line.contains("status listening")
-                && let Some(i) = line.find("addr=")
-            {
-                let rest = &line[i + 5..];
-                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-                status = rest[..end]
-                    .trim_matches('"')
-                    .parse::<std::net::SocketAddr>()
-                    .ok();
-            }
-            seen.push(line);
-        }
-    }
-    let addr = status.unwrap();
-    let r = common::get(addr, path).await;
-    let _ = child.kill();
-    let _ = child.wait();
+        .discard_stdout()
+        .start();
+    let r = common::get(gw.status_addr(), path).await;
+    drop(gw);
     assert_eq!(r.status, 200, "{path}: {}", r.text());
 }

@@ -13,6 +13,7 @@ mod jwt_support;
 mod mcp_support;
 
 use bytes::Bytes;
+use common::process::GatewayProcess;
 use common::*;
 use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
@@ -585,14 +586,12 @@ fn explain_cli_takes_a_body() {
     )
     .unwrap();
     let explain = |data: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .env_clear()
+        let out = GatewayProcess::bin()
             .args(["explain", "--config", cfg.to_str().unwrap(), "-d", data])
             .args(["POST", "http://localhost:8000/mcp"])
-            .output()
-            .unwrap();
+            .finish(WAIT);
         assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
+        out.stdout.join("\n") + "\n"
     };
     let out = explain(
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_sql"}}"#,

@@ -12,6 +12,7 @@
 mod common;
 
 use bytes::Bytes;
+use common::process::{Finished, GatewayBuilder, GatewayProcess};
 use common::{Resp, echo_handler, echo_upstream, echoed, get, send, serve_upstream};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -24,11 +25,10 @@ use portcullis::tls::ServerCerts;
 use portcullis::upstream::ClientCache;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1105,154 +1105,23 @@ async fn large_upstream_response_headers_pass() {
 // 6. The real binary: self-signed TLS, h2 in the access log, SIGTERM drain, health
 // ---------------------------------------------------------------------------------
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-struct Bin {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-    stdout: Arc<Mutex<Vec<String>>>,
-    /// The pipe readers: done once the process has exited and its output is read.
-    readers: Vec<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Bin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn pipe_lines(
-    pipe: impl std::io::Read + Send + 'static,
-) -> (Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    let t = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line);
-        }
-    });
-    (lines, t)
-}
-
-/// `portcullis run` with a clean environment (PATH, NO_COLOR, and `env`).
-fn run_bin(config: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Bin {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .current_dir(dir.path())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(p) = std::env::var_os("PATH") {
-        cmd.env("PATH", p);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.args([
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--status-listen",
-        "127.0.0.1:0",
-    ]);
+/// `portcullis run` on loopback with a clean environment (PATH, NO_COLOR, and `env`).
+fn run_bin(config: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> GatewayBuilder {
+    let mut cmd = GatewayProcess::run();
+    cmd.envs(env)
+        .args(["--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"]);
     if let Some(c) = config {
-        let p = dir.path().join("gateway.yaml");
-        std::fs::write(&p, c).unwrap();
-        cmd.arg("--config").arg(p);
+        cmd.config_yaml(c);
     }
     cmd.args(args);
-    let mut child = cmd.spawn().unwrap();
-    let (stdout, t1) = pipe_lines(child.stdout.take().unwrap());
-    let (stderr, t2) = pipe_lines(child.stderr.take().unwrap());
-    Bin {
-        child,
-        stderr,
-        stdout,
-        readers: vec![t1, t2],
-        _dir: dir,
-    }
+    cmd
 }
 
-impl Bin {
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    /// The address logged as `<marker> addr=…` (bounded wait).
-    fn addr(&mut self, marker: &str) -> SocketAddr {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self.stderr.lock().unwrap().iter().find_map(|l| {
-                let rest = &l[l.find(marker)?..];
-                let rest = &rest[rest.find("addr=")? + 5..];
-                rest.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(a) = found {
-                return a;
-            }
-            if let Some(s) = self.child.try_wait().unwrap() {
-                panic!("portcullis exited ({s}):\n{}", self.stderr_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no '{marker}':\n{}",
-                self.stderr_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                // Let the readers reach the end of the pipes, so the output is whole.
-                while self.readers.iter().any(|t| !t.is_finished()) {
-                    assert!(Instant::now() < deadline, "output pipes still open");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                return s.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {limit:?}:\n{}",
-                self.stderr_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn log_line(&self) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self.stdout.lock().unwrap().first() {
-                return l.clone();
-            }
-            assert!(Instant::now() < deadline, "no access log line");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-fn health(status: SocketAddr) -> std::process::Output {
-    Command::new(BIN)
-        .env_clear()
+/// `portcullis health` against `status`.
+fn health(status: SocketAddr) -> Finished {
+    GatewayProcess::bin()
         .args(["health", "--status-listen", &status.to_string()])
-        .output()
-        .unwrap()
+        .finish(WAIT)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1262,9 +1131,10 @@ async fn binary_self_signed_tls_serves_h2_and_logs_combined() {
         Some(&echo_cfg(up)),
         &["--tls-listen", "127.0.0.1:0", "--access-log", "combined"],
         &[],
-    );
-    let tls_addr = b.addr("tls listening");
-    b.addr("status listening");
+    )
+    .ready_when(1, 1, true)
+    .start();
+    let tls_addr = b.tls_addr();
     assert!(
         b.stderr_text().contains("self-signed"),
         "{}",
@@ -1294,7 +1164,7 @@ async fn binary_self_signed_tls_serves_h2_and_logs_combined() {
     );
 
     // nginx's combined format, with HTTP/2.0 as nginx writes it.
-    let line = b.log_line().await;
+    let line = b.next_stdout_line(WAIT).await;
     let re = regex::Regex::new(
         r#"^(\S+) - (\S+) \[(\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] "(\S+) (\S+) (HTTP/\d\.\d)" (\d{3}) (\d+) "([^"]*)" "([^"]*)"$"#,
     )
@@ -1320,7 +1190,7 @@ async fn binary_tls_from_kong_env_and_upstream_ca_from_ssl_cert_file() {
     let (cert, key) = write_pair(dir.path(), &server);
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    let mut b = run_bin(
+    let b = run_bin(
         Some(&https_cfg(up, "")),
         &["--tls-listen", "127.0.0.1:0"],
         &[
@@ -1328,9 +1198,11 @@ async fn binary_tls_from_kong_env_and_upstream_ca_from_ssl_cert_file() {
             ("KONG_SSL_CERT_KEY", key.to_str().unwrap()),
             ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
         ],
-    );
-    let tls_addr = b.addr("tls listening");
-    let addr = b.addr("proxy listening");
+    )
+    .ready_when(1, 1, true)
+    .start();
+    let tls_addr = b.tls_addr();
+    let addr = b.proxy_addr();
     let s = tls_connect(tls_addr, Some(&server.der), &[]).await.unwrap();
     assert_eq!(peer_cert(&s), server.der);
     // The upstream's CA comes from SSL_CERT_FILE.
@@ -1343,8 +1215,9 @@ async fn binary_tls_from_kong_env_and_upstream_ca_from_ssl_cert_file() {
         None,
         &["--tls-listen", "127.0.0.1:0"],
         &[("KONG_SSL_CERT", cert.to_str().unwrap())],
-    );
-    assert_eq!(b.exit_code(WAIT).await, Some(2));
+    )
+    .spawn();
+    assert_eq!(b.wait_exit(WAIT).await.code(), Some(2));
     assert!(
         b.stderr_text().contains("--tls-cert needs --tls-key"),
         "{}",
@@ -1364,8 +1237,9 @@ async fn binary_tls_from_kong_env_and_upstream_ca_from_ssl_cert_file() {
             key.to_str().unwrap(),
         ],
         &[],
-    );
-    assert_eq!(b.exit_code(WAIT).await, Some(1));
+    )
+    .spawn();
+    assert_eq!(b.wait_exit(WAIT).await.code(), Some(1));
     assert!(
         b.stderr_text().contains("bad.crt:1:1:"),
         "{}",
@@ -1402,9 +1276,10 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
             "off",
         ],
         &[],
-    );
-    let addr = b.addr("proxy listening");
-    let status = b.addr("status listening");
+    )
+    .start();
+    let addr = b.proxy_addr();
+    let status = b.status_addr();
     let h = health(status);
     assert_eq!(h.status.code(), Some(0), "{h:?}");
 
@@ -1413,7 +1288,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
         .await
         .expect("the request never reached the upstream");
     let signalled = Instant::now();
-    b.signal("-TERM");
+    b.signal("TERM");
 
     // While draining: /health says 503 (so `portcullis health` fails) and the proxy
     // port takes no new connections.
@@ -1437,7 +1312,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
     let r = tokio::time::timeout(WAIT, inflight).await.unwrap().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "slow done");
-    assert_eq!(b.exit_code(WAIT).await, Some(0));
+    assert_eq!(b.wait_exit(WAIT).await.code(), Some(0));
     assert!(signalled.elapsed() >= Duration::from_millis(500));
     assert!(b.stderr_text().contains("drained"), "{}", b.stderr_text());
     // Nothing answers any more.
@@ -1458,17 +1333,17 @@ async fn the_drain_timeout_bounds_shutdown() {
             "off",
         ],
         &[],
-    );
-    let addr = b.addr("proxy listening");
-    b.addr("status listening");
+    )
+    .start();
+    let addr = b.proxy_addr();
     let inflight = tokio::spawn(async move {
         let s = TcpStream::connect(addr).await.unwrap();
         h1_over(s, "GET", "/echo/slow", &[]).await
     });
     tokio::time::timeout(WAIT, started.recv()).await.unwrap();
     let signalled = Instant::now();
-    b.signal("-TERM");
-    assert_eq!(b.exit_code(WAIT).await, Some(0));
+    b.signal("TERM");
+    assert_eq!(b.wait_exit(WAIT).await.code(), Some(0));
     let took = signalled.elapsed();
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(10),
@@ -1486,7 +1361,7 @@ async fn the_drain_timeout_bounds_shutdown() {
 #[tokio::test(flavor = "multi_thread")]
 async fn binary_limit_flags_and_env_twins() {
     let up = echo_upstream().await;
-    let mut b = run_bin(
+    let b = run_bin(
         Some(&echo_cfg(up)),
         &["--tls-listen", "off", "--max-uri-bytes", "100"],
         &[
@@ -1495,9 +1370,9 @@ async fn binary_limit_flags_and_env_twins() {
             ("PORTCULLIS_MAX_CONNECTIONS", "5"),
             ("PORTCULLIS_ACCESS_LOG", "off"),
         ],
-    );
-    let addr = b.addr("proxy listening");
-    b.addr("status listening");
+    )
+    .start();
+    let addr = b.proxy_addr();
     assert_eq!(get(addr, "/echo/x").await.status, 200);
     let r = get(addr, &format!("/echo/{}", "u".repeat(120))).await;
     assert_eq!(r.status, 414);
@@ -1515,14 +1390,16 @@ async fn binary_limit_flags_and_env_twins() {
         None,
         &["--tls-listen", "off", "--drain-timeout", "soon"],
         &[],
-    );
-    assert_eq!(bad.exit_code(WAIT).await, Some(2));
+    )
+    .spawn();
+    assert_eq!(bad.wait_exit(WAIT).await.code(), Some(2));
     let mut bad = run_bin(
         None,
         &["--tls-listen", "off", "--max-connections", "0"],
         &[],
-    );
-    assert_eq!(bad.exit_code(WAIT).await, Some(2));
+    )
+    .spawn();
+    assert_eq!(bad.wait_exit(WAIT).await.code(), Some(2));
     assert!(bad.stderr_text().contains("--max-connections"));
 }
 
@@ -1533,10 +1410,8 @@ fn health_fails_when_nothing_answers() {
     drop(l);
     let out = health(addr);
     assert_eq!(out.status.code(), Some(1));
-    let out = Command::new(BIN)
-        .env_clear()
+    let out = GatewayProcess::bin()
         .args(["health", "--status-listen", "off"])
-        .output()
-        .unwrap();
+        .finish(WAIT);
     assert_eq!(out.status.code(), Some(1));
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::process::GatewayProcess;
 use common::*;
 use portcullis::proxy::Settings;
 
@@ -656,16 +657,14 @@ fn explain(config: &str, args: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let out = GatewayProcess::bin()
         .arg("explain")
-        .arg("--config")
-        .arg(&path)
+        .args(["--config", path.to_str().unwrap()])
         .args(args)
-        .output()
-        .unwrap();
+        .finish(WAIT);
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        out.stdout.join("\n") + "\n" + &out.stderr,
     )
 }
 
@@ -785,14 +784,10 @@ services:
 
 #[test]
 fn explain_on_the_default_config() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .current_dir(tempfile::tempdir().unwrap().path())
-        .env_remove("PORTCULLIS_CONFIG")
-        .env_remove("KONG_DECLARATIVE_CONFIG")
+    let out = GatewayProcess::bin()
         .args(["explain", "GET", "http://localhost:8000/mcp"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
+        .finish(WAIT);
+    let out = out.stdout.join("\n");
     assert!(
         out.contains("config:          <embedded gateway.yaml>"),
         "{out}"

@@ -7,16 +7,14 @@
 
 mod common;
 
+use common::process::GatewayProcess;
 use common::*;
 use portcullis::proxy::Settings;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 // ------------------------------------------------------------------ helpers
 
@@ -959,70 +957,25 @@ async fn sync_rate_batches_increments() {
 
 // ------------------------------------------------------------------ replicas
 
-/// A `portcullis run` process, killed on drop.
+/// A `portcullis run` process configured through the environment, killed on drop.
 struct Replica {
-    child: Child,
     addr: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    p: GatewayProcess,
 }
 
 impl Replica {
     fn start(config: &Path) -> Replica {
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear()
-            .arg("run")
-            .env("NO_COLOR", "1")
+        let p = GatewayProcess::run()
             .env("PORTCULLIS_CONFIG", config)
             .env("PORTCULLIS_LISTEN", "127.0.0.1:0")
             .env("PORTCULLIS_STATUS_LISTEN", "127.0.0.1:0")
             .env("PORTCULLIS_TLS_LISTEN", "off")
             .env("PORTCULLIS_ACCESS_LOG", "off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn portcullis");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        let addr = loop {
-            let found = lines.lock().unwrap().iter().find_map(|l| {
-                if !l.contains("proxy listening") {
-                    return None;
-                }
-                let rest = &l[l.find("addr=")? + 5..];
-                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-                rest[..end].trim_matches('"').parse::<SocketAddr>().ok()
-            });
-            if let Some(a) = found {
-                break a;
-            }
-            if let Some(s) = child.try_wait().unwrap() {
-                panic!(
-                    "portcullis exited ({s}):\n{}",
-                    lines.lock().unwrap().join("\n")
-                );
-            }
-            assert!(Instant::now() < deadline, "portcullis not ready");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+            .discard_stdout()
+            .start();
         Replica {
-            child,
-            addr,
-            stderr: lines,
+            addr: p.proxy_addr(),
+            p,
         }
     }
 }
@@ -1088,7 +1041,7 @@ async fn three_replicas_share_one_redis_limit() {
                 Instant::now() < deadline,
                 "replica {} did not reload:\n{}",
                 r.addr,
-                r.stderr.lock().unwrap().join("\n")
+                r.p.stderr_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

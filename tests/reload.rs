@@ -8,16 +8,15 @@
 
 mod common;
 use bytes::Bytes;
+use common::process::GatewayProcess;
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use sha2::Digest;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,24 +29,9 @@ const UNSET_VAR: &str = "PORTCULLIS_RELOAD_TEST_UNSET_VAR";
 // The gateway process
 
 struct Proc {
-    child: Child,
+    p: GatewayProcess,
     proxy: SocketAddr,
     status: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn addr_after(lines: &[String], marker: &str) -> Option<SocketAddr> {
-    lines.iter().find_map(|l| {
-        let rest = &l[l.find(marker)? + marker.len()..];
-        rest.split_whitespace().next()?.parse().ok()
-    })
 }
 
 /// Starts `portcullis run` (with `--config config` if given, in `cwd`) and waits,
@@ -57,68 +41,20 @@ async fn start(config: Option<&Path>, cwd: &Path) -> Proc {
 }
 
 async fn start_with(config: Option<&Path>, cwd: &Path, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.arg("run").args(extra);
+    let mut cmd = GatewayProcess::run();
+    cmd.args(extra)
+        .loopback()
+        .args(["--access-log", "off"])
+        .cwd(cwd)
+        .discard_stdout();
     if let Some(c) = config {
-        cmd.arg("--config").arg(c);
+        cmd.config_file(c);
     }
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--status-listen",
-        "127.0.0.1:0",
-        "--tls-listen",
-        "off",
-        "--access-log",
-        "off",
-    ])
-    .current_dir(cwd)
-    .env("NO_COLOR", "1")
-    .env_remove("PORTCULLIS_CONFIG")
-    .env_remove("KONG_DECLARATIVE_CONFIG")
-    .env_remove("PORTCULLIS_TRUSTED_IPS")
-    .env_remove("KONG_TRUSTED_IPS")
-    .env_remove(UNSET_VAR)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("cannot start portcullis");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let deadline = Instant::now() + WAIT;
-    loop {
-        {
-            let lines = log.lock().unwrap();
-            let proxy = addr_after(&lines, "proxy listening addr=");
-            let status = addr_after(&lines, "status listening addr=");
-            if let (Some(proxy), Some(status)) = (proxy, status) {
-                return Proc {
-                    child,
-                    proxy,
-                    status,
-                    log: Arc::clone(&log),
-                };
-            }
-        }
-        if let Ok(Some(code)) = child.try_wait() {
-            panic!(
-                "portcullis exited ({code}) before listening:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "portcullis did not log its listeners within {WAIT:?}:\n{}",
-            log.lock().unwrap().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let p = cmd.start();
+    Proc {
+        proxy: p.proxy_addr(),
+        status: p.status_addr(),
+        p,
     }
 }
 
@@ -134,17 +70,11 @@ impl Proc {
     }
 
     fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.p.stderr_text()
     }
 
     fn sighup(&self) {
-        let ok = Command::new("kill")
-            .arg("-HUP")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("cannot run kill")
-            .success();
-        assert!(ok, "kill -HUP failed");
+        self.p.signal("HUP");
     }
 
     /// Polls until the gateway's /status shows `generation` (bounded by `limit`).
@@ -446,16 +376,13 @@ async fn invalid_files_keep_old_config_and_report() {
         assert_eq!(try_get(gw.proxy, "/v1").await, Ok(200), "{what}");
         // Logged with file:line:col, and `portcullis check` prints the same lines.
         gw.wait_log(first_error).await;
-        let check = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let check = GatewayProcess::bin()
             .arg("check")
-            .arg("--config")
-            .arg(&s.config)
-            .env_remove(UNSET_VAR)
-            .output()
-            .unwrap();
+            .config_file(&s.config)
+            .finish(WAIT);
         assert!(!check.status.success(), "{what}: check accepted it");
         assert_eq!(
-            String::from_utf8_lossy(&check.stdout).trim_end(),
+            check.stdout.join("\n").trim_end(),
             err,
             "{what}: check and reload disagree"
         );
@@ -799,7 +726,7 @@ async fn sighup_on_embedded_config_is_logged_and_ignored() {
     gw.sighup();
     gw.wait_log("there is no file to reload").await;
     assert_eq!(get(gw.status, "/health").await.status, 200);
-    assert!(gw.child.try_wait().unwrap().is_none(), "SIGHUP killed it");
+    assert!(gw.p.exited().is_none(), "SIGHUP killed it");
     let st = gw.status().await;
     assert_eq!(st["generation"], 1);
     assert_eq!(st["config_file"], "<embedded gateway.yaml>");

@@ -9,15 +9,12 @@
 
 mod common;
 use base64::Engine;
+use common::process::{BIN, GatewayProcess};
 use common::*;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ANON: &str = "anon-legacy-jwt";
@@ -113,17 +110,11 @@ async fn stub(ip: &str, port: u16, service: &'static str) -> SocketAddr {
     .await
 }
 
+/// The gateway, then the dir holding its hosts file (dropped in that order).
 struct Gw {
-    child: Child,
     addr: SocketAddr,
+    _p: GatewayProcess,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts the gateway like the container does: `/entrypoint.sh kong docker-start`, in a
@@ -142,11 +133,9 @@ fn start_gateway(template: PathBuf, hosts: &str, opaque_keys: bool) -> Gw {
         hosts_file.display(),
         entrypoint.display()
     );
-    let mut cmd = Command::new("unshare");
+    let mut cmd = GatewayProcess::command("unshare");
     cmd.args(["-m", "sh", "-c", &script])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORTCULLIS_BIN", env!("CARGO_BIN_EXE_portcullis"))
+        .env("PORTCULLIS_BIN", BIN)
         .env("PORTCULLIS_SUPABASE_TEMPLATE", &template)
         .env("PORTCULLIS_TLS_LISTEN", "off")
         .env("KONG_DECLARATIVE_CONFIG", dir.path().join("unused.yml"))
@@ -157,9 +146,8 @@ fn start_gateway(template: PathBuf, hosts: &str, opaque_keys: bool) -> Gw {
         .env("JWT_ISSUER", "http://localhost:8000/auth/v1")
         .env("ANON_KEY_ASYMMETRIC", ANON_ASYM)
         .env("SERVICE_ROLE_KEY_ASYMMETRIC", SERVICE_ASYM)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .discard_stdout()
+        .hint("the Supabase end-to-end test needs `unshare` (util-linux), and `unshare -m` needs root / CAP_SYS_ADMIN");
     if opaque_keys {
         cmd.env("SUPABASE_PUBLISHABLE_KEY", PUBLISHABLE)
             .env("SUPABASE_SECRET_KEY", SECRET);
@@ -168,46 +156,11 @@ fn start_gateway(template: PathBuf, hosts: &str, opaque_keys: bool) -> Gw {
         cmd.env("SUPABASE_PUBLISHABLE_KEY", "")
             .env("SUPABASE_SECRET_KEY", "");
     }
-    let mut child = cmd
-        .spawn()
-        .expect("cannot run `unshare` (util-linux); the Supabase end-to-end test needs it");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = lines.lock().unwrap().iter().find_map(|l| {
-            let i = l.find("proxy listening addr=")?;
-            l[i + "proxy listening addr=".len()..]
-                .split_whitespace()
-                .next()?
-                .parse::<SocketAddr>()
-                .ok()
-        });
-        if let Some(addr) = found {
-            return Gw {
-                child,
-                addr,
-                _dir: dir,
-            };
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "gateway exited ({status}) before listening (unshare -m needs root / CAP_SYS_ADMIN):\n{}",
-                lines.lock().unwrap().join("\n")
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not start:\n{}",
-            lines.lock().unwrap().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let p = cmd.start();
+    Gw {
+        addr: p.proxy_addr(),
+        _p: p,
+        _dir: dir,
     }
 }
 

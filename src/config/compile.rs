@@ -3,10 +3,10 @@
 //! plugin chain in execution order, upstream authorities and Host values, clients.
 
 use super::model::{Config, Route, Scope};
-use super::walk::ConfigError;
+use crate::config::snapshot::{ChainLink, CompiledRoute, Snapshot, UpstreamTarget};
 use crate::router::{RouteSpec, Router};
-use crate::snapshot::{ChainLink, CompiledRoute, Snapshot, UpstreamTarget};
 use crate::upstream::ClientCache;
+use crate::yaml::walk::ConfigError;
 use std::sync::Arc;
 
 fn spec(r: &Route) -> RouteSpec {
@@ -156,7 +156,13 @@ pub fn compile(
         .filter(|l| l.scope == Scope::default())
         .collect();
     Ok(Snapshot {
-        consumers: crate::consumers::Consumers::build(&cfg),
+        consumers: crate::consumers::Consumers::build(
+            &cfg.consumers,
+            &cfg.acls,
+            &cfg.keyauth_credentials,
+            &cfg.basicauth_credentials,
+            cfg.transform,
+        ),
         generation,
         config_hash,
         file: file.to_string(),

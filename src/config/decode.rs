@@ -5,10 +5,10 @@
 //! their own modules (`crate::plugins`) so each plugin's schema lives beside its code.
 
 use super::model::*;
-use super::raw::{Node, Pos, Value};
-use super::walk::{Ctx, Fields};
 use crate::path;
 use crate::plugins;
+use crate::yaml::raw::{Node, Pos, Value};
+use crate::yaml::walk::{Ctx, Fields};
 use std::collections::HashMap;
 use std::sync::Arc;
 

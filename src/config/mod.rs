@@ -11,10 +11,13 @@
 pub mod compile;
 pub mod decode;
 pub mod model;
-pub mod raw;
-pub mod walk;
+pub mod snapshot;
 
-use crate::snapshot::Snapshot;
+// The YAML tree and its walker live in `crate::yaml` (below `plugins`); these keep
+// the `config::raw` and `config::walk` paths working.
+pub use crate::yaml::{raw, walk};
+
+use crate::config::snapshot::Snapshot;
 use crate::upstream::ClientCache;
 use sha2::Digest;
 pub use walk::{ConfigError, ConfigErrors};

@@ -2,7 +2,7 @@
 //! (`ngx.decode_args` / `ngx.req.get_uri_args`, `ngx.encode_args`), shared by
 //! request-transformer and the Lua PDK so both see the same arguments.
 
-use crate::plugins::form_decode;
+use crate::context::form_decode;
 
 /// One argument value: `?a=x` is `Str("x")`, `?a` (no `=`) is `Flag` (Lua `true`).
 #[derive(Clone, Debug, PartialEq, Eq)]

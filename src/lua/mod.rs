@@ -35,6 +35,7 @@
 //! (`benches/chain.rs`): a template's cost is the Rust/Lua boundary, not the bytecode.
 
 pub mod args;
+mod native;
 mod pdk;
 pub mod template;
 
@@ -42,9 +43,9 @@ pub(crate) use pdk::settable_method;
 pub use template::Template;
 
 use crate::body::Body;
-use crate::config::raw::Pos;
-use crate::plugins::RequestCtx;
+use crate::context::RequestCtx;
 use crate::router::Captures;
+use crate::yaml::raw::Pos;
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 use pdk::{ReqState, Slot, TemplateRun};
@@ -527,7 +528,12 @@ impl Session<'_, '_> {
     pub fn render(&mut self, t: &Template) -> Result<Vec<u8>, LuaError> {
         match t {
             Template::Const(v) => Ok(v.clone()),
-            Template::Lua(chunk) => {
+            Template::Lua(chunk, native) => {
+                if let Some(n) = native
+                    && let Ok(v) = self.render_native(n)
+                {
+                    return Ok(v);
+                }
                 let (func, _) = self.engine()?.function(chunk)?;
                 match self.call(&func)? {
                     Value::String(s) => Ok(s.as_bytes().to_vec()),
@@ -540,6 +546,20 @@ impl Session<'_, '_> {
                 }
             }
         }
+    }
+
+    /// `t` rendered in Rust: what Lua would give, or `Fallback` (see `native`).
+    fn render_native(&mut self, n: &native::Native) -> Result<Vec<u8>, native::Fallback> {
+        if n.reads_query() && self.template.query.is_none() {
+            self.template.query = Some(pdk::query_args(self.ctx.uri));
+        }
+        if n.reads_headers() {
+            self.template.headers_read = true;
+        }
+        n.render(&native::Input {
+            headers: self.template.headers.as_ref().unwrap_or(self.ctx.headers),
+            query: self.template.query.as_ref(),
+        })
     }
 
     /// Called before the plugin changes the request's headers when templates may

@@ -9,7 +9,7 @@
 use super::Flags;
 use super::args::{ArgValue, Args, escape_component, unescape_uri};
 use crate::body::{self, Body};
-use crate::plugins::UpstreamOverrides;
+use crate::context::UpstreamOverrides;
 use crate::router::Captures;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
@@ -422,7 +422,7 @@ fn register(lua: &Lua, p: &Table, flags: &Rc<Flags>) -> mlua::Result<()> {
     def!("service.request.clear_query_arg", |lua, name: Value| {
         let name = name_arg(&name, "query argument name must be a string")?;
         with(lua, |st| {
-            let uri = crate::plugins::remove_query_arg(&st.uri, &name);
+            let uri = crate::context::remove_query_arg(&st.uri, &name);
             let q = uri.query().unwrap_or("").replace('+', "%20");
             st.uri = uri;
             set_query(&mut st.uri, &q)
@@ -668,7 +668,10 @@ fn register(lua: &Lua, p: &Table, flags: &Rc<Flags>) -> mlua::Result<()> {
 
 /// What `headers[key]` finds in the table `ngx.req.get_headers()` returns (whose keys
 /// are the lower-case names): the key itself, else the key lower-cased with `_` as `-`.
-fn header_view<'h>(h: &'h HeaderMap, key: &[u8]) -> Option<http::header::GetAll<'h, HeaderValue>> {
+pub(super) fn header_view<'h>(
+    h: &'h HeaderMap,
+    key: &[u8],
+) -> Option<http::header::GetAll<'h, HeaderValue>> {
     let key = std::str::from_utf8(key).ok()?;
     let upper = key.bytes().any(|b| b.is_ascii_uppercase());
     if !upper {
@@ -787,7 +790,7 @@ pub(crate) fn get_header<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
         .map(|(_, v)| v.as_bytes())
 }
 
-fn query_args(uri: &Uri) -> Args {
+pub(super) fn query_args(uri: &Uri) -> Args {
     Args::parse(uri.query().unwrap_or("").as_bytes())
 }
 

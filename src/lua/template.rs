@@ -5,13 +5,16 @@
 //! `false` render as the empty string; the rest is literal text. There is no
 //! backslash escape: a literal `$(x)` is written `$('$(x)')`, as Kong documents.
 
+use super::native::Native;
 use super::{Chunk, compile_chunk};
+use std::sync::Arc;
 
-/// A compiled value: literal text needs no Lua at all.
+/// A compiled value: literal text needs no Lua at all, and a template within
+/// [`Native`]'s subset of Lua is evaluated in Rust first (its chunk is the fallback).
 #[derive(Clone, Debug)]
 pub enum Template {
     Const(Vec<u8>),
-    Lua(Chunk),
+    Lua(Chunk, Option<Arc<Native>>),
 }
 
 impl Template {
@@ -20,18 +23,22 @@ impl Template {
     pub fn compile(src: &str, name: &str) -> Result<Template, String> {
         match to_lua(src) {
             None => Ok(Template::Const(src.as_bytes().to_vec())),
-            Some(code) => compile_chunk(name, code, super::Kind::Template).map(Template::Lua),
+            Some(code) => {
+                let chunk = compile_chunk(name, code, super::Kind::Template)?;
+                let native = split(src).and_then(|p| Native::compile(&p)).map(Arc::new);
+                Ok(Template::Lua(chunk, native))
+            }
         }
     }
 
     pub fn is_lua(&self) -> bool {
-        matches!(self, Template::Lua(_))
+        matches!(self, Template::Lua(..))
     }
 
     /// Whether `self` and `other` are one compiled Lua template.
     pub fn same(&self, other: &Template) -> bool {
         match (self, other) {
-            (Template::Lua(a), Template::Lua(b)) => std::sync::Arc::ptr_eq(&a.0, &b.0),
+            (Template::Lua(a, _), Template::Lua(b, _)) => Arc::ptr_eq(&a.0, &b.0),
             _ => false,
         }
     }
@@ -40,18 +47,21 @@ impl Template {
     /// through `shared` (kong.ctx.shared can hold a pre-function's closures); the
     /// rest of the template environment is read-only data and pure functions.
     pub fn may_vary(&self) -> bool {
-        matches!(self, Template::Lua(c) if c.source().contains("shared"))
+        matches!(self, Template::Lua(c, _) if c.source().contains("shared"))
     }
 }
 
-/// The Lua chunk for a template, or None when it has no `$( ... )` (a constant).
-///
-/// The chunk returns the concatenation of the pieces; `__tostring` is the real
-/// `tostring`, looked up in the template's environment as Penlight does; `__fresh()`
-/// starts the render (header lookups are kept only within one render).
-pub fn to_lua(src: &str) -> Option<String> {
+/// A piece of a template: literal text or the source of one `$( ... )` expression.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Text(&'a [u8]),
+    Expr(&'a str),
+}
+
+/// `src` cut into its pieces, or None when it has no `$( ... )` (a constant).
+pub fn split(src: &str) -> Option<Vec<Piece<'_>>> {
     let b = src.as_bytes();
-    let mut pieces: Vec<String> = Vec::new();
+    let mut pieces = Vec::new();
     let mut any_expr = false;
     let mut text_start = 0;
     let mut i = 0;
@@ -61,11 +71,10 @@ pub fn to_lua(src: &str) -> Option<String> {
             && let Some(end) = balanced(b, i + 1)
         {
             if text_start < i {
-                pieces.push(lua_quote(&b[text_start..i]));
+                pieces.push(Piece::Text(&b[text_start..i]));
             }
             // `end` is the index of the closing parenthesis.
-            let inner = &src[i + 2..end];
-            pieces.push(format!("__tostring(({inner}) or '')"));
+            pieces.push(Piece::Expr(&src[i + 2..end]));
             any_expr = true;
             i = end + 1;
             text_start = i;
@@ -77,8 +86,24 @@ pub fn to_lua(src: &str) -> Option<String> {
         return None;
     }
     if text_start < b.len() {
-        pieces.push(lua_quote(&b[text_start..]));
+        pieces.push(Piece::Text(&b[text_start..]));
     }
+    Some(pieces)
+}
+
+/// The Lua chunk for a template, or None when it has no `$( ... )` (a constant).
+///
+/// The chunk returns the concatenation of the pieces; `__tostring` is the real
+/// `tostring`, looked up in the template's environment as Penlight does; `__fresh()`
+/// starts the render (header lookups are kept only within one render).
+pub fn to_lua(src: &str) -> Option<String> {
+    let pieces: Vec<String> = split(src)?
+        .into_iter()
+        .map(|p| match p {
+            Piece::Text(t) => lua_quote(t),
+            Piece::Expr(inner) => format!("__tostring(({inner}) or '')"),
+        })
+        .collect();
     // Everything on the template's first line, so Lua's line numbers are the template's.
     Some(format!(
         "local __tostring = __tostring; __fresh(); return {}",

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::consumers::Consumers;
-use crate::plugins::{AuthState, UpstreamOverrides};
+use crate::context::{AuthState, UpstreamOverrides};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 /// Owns everything a `RequestCtx` borrows.
@@ -371,4 +371,89 @@ fn stale_chunks_are_swept() {
     }
     let len = ENGINE.with(|e| e.borrow().as_ref().map(|e| e.cache.len()).unwrap_or(0));
     assert!(len < 150, "cache kept {len} dead chunks");
+}
+
+/// Templates inside the Rust evaluator's subset render exactly as Lua renders them
+/// (or fall back to Lua, which then gives Lua's answer, error included).
+#[test]
+fn native_templates_agree_with_lua() {
+    let templates = [
+        "$((headers.authorization ~= nil and headers.authorization:sub(1, 10) ~= 'Bearer sb_' and headers.authorization) or (headers.apikey == 'sb_secret_x' and 'Bearer svc') or (headers.apikey == 'sb_publishable_x' and 'Bearer anon') or headers.apikey)",
+        "$((query_params.apikey == 'sb_secret_x' and 'svc') or (query_params.apikey == 'sb_publishable_x' and 'anon') or query_params.apikey)",
+        "Bearer $(headers.apikey)",
+        "$(headers.x:sub(2, -2)) and $(headers['x']:sub(-3))",
+        "$(headers.x .. '/' .. query_params.q)",
+        "$(not headers.x) $(headers.x == query_params.q) $(headers.X_Y ~= nil)",
+        "$(headers.x:sub(0)) $(headers.x:sub(5, 2)) $(headers.x:sub(-100, 100))",
+        "$(query_params.flag)-$(query_params[\"q\"])",
+        "$(nil) $(false) $(true) $(nil == false) $(headers.missing or 'dflt')",
+    ];
+    let requests: [(&str, &[(&str, &str)]); 8] = [
+        ("/", &[]),
+        ("/?q=1", &[("x", "abcdef")]),
+        (
+            "/?apikey=sb_secret_x&q=abcdef",
+            &[("x", "abcdef"), ("x-y", "z")],
+        ),
+        (
+            "/?apikey=sb_publishable_x&flag",
+            &[("apikey", "sb_publishable_x")],
+        ),
+        (
+            "/?apikey=jwt&apikey=two",
+            &[("apikey", "sb_secret_x"), ("x", "é")],
+        ),
+        (
+            "/?q=a%20b+c",
+            &[("authorization", "Bearer sb_x"), ("apikey", "k")],
+        ),
+        ("/?flag=&q", &[("authorization", "Bearer user"), ("x", "")]),
+        (
+            "/",
+            &[("x", "1"), ("x", "2"), ("apikey", "a"), ("apikey", "b")],
+        ),
+    ];
+    let mut natives = 0;
+    for src in templates {
+        let t = Template::compile(src, "t").unwrap();
+        let Template::Lua(chunk, Some(n)) = &t else {
+            panic!("not in the native subset: {src}");
+        };
+        let lua_only = Template::Lua(chunk.clone(), None);
+        for (target, headers) in requests {
+            let mut r = Req::new(target, headers);
+            let (native, by_lua) = r.with(|ctx| {
+                session(ctx, "test", true, |s| {
+                    // A table renders as its address, which differs between tables.
+                    let show = |r: Result<Vec<u8>, LuaError>| {
+                        r.map(|v| {
+                            let v = String::from_utf8_lossy(&v).into_owned();
+                            match v.find("table: 0x") {
+                                Some(i) => format!("{}table: ADDRESS", &v[..i]),
+                                None => v,
+                            }
+                        })
+                        .map_err(|e| e.0)
+                    };
+                    Ok((show(s.render(&t)), show(s.render(&lua_only))))
+                })
+                .unwrap()
+            });
+            assert_eq!(native, by_lua, "{src} on {target} {headers:?}");
+            let args = pdk::query_args(&r.uri);
+            let input = native::Input {
+                headers: &r.headers,
+                query: Some(&args),
+            };
+            if n.render(&input).is_ok() {
+                natives += 1;
+            }
+        }
+    }
+    // Most renders never needed the VM (the rest were repeated headers or arguments,
+    // and Lua errors).
+    assert!(
+        natives >= templates.len() * requests.len() * 2 / 3,
+        "{natives}"
+    );
 }

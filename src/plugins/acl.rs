@@ -2,9 +2,9 @@
 //! (`acls` entities), and tells the upstream the groups in `X-Consumer-Groups`.
 
 use super::{Flow, RequestCtx};
-use crate::config::raw::{Node, Value};
-use crate::config::walk::Ctx;
 use crate::error::{Format, render};
+use crate::yaml::raw::{Node, Value};
+use crate::yaml::walk::Ctx;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
@@ -17,11 +17,7 @@ pub struct Acl {
     pub hide_groups_header: bool,
 }
 
-pub fn decode(
-    config: Option<&Node>,
-    pos: crate::config::raw::Pos,
-    ctx: &mut Ctx<'_>,
-) -> Option<Acl> {
+pub fn decode(config: Option<&Node>, pos: crate::yaml::raw::Pos, ctx: &mut Ctx<'_>) -> Option<Acl> {
     let what = "plugin 'acl'.config";
     let one_of = format!(
         "{what}: exactly one of these fields must be non-empty: 'config.allow', 'config.deny'"

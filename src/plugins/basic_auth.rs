@@ -3,8 +3,8 @@
 //! constant time.
 
 use super::{AuthOutcome, Flow, RequestCtx, run_auth, set_consumer};
-use crate::config::raw::{Node, Value};
-use crate::config::walk::Ctx;
+use crate::yaml::raw::{Node, Value};
+use crate::yaml::walk::Ctx;
 use base64::Engine;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 

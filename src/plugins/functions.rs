@@ -9,10 +9,10 @@
 //! running access snippets at another time would be silently wrong.
 
 use super::{Flow, RequestCtx};
-use crate::config::raw::{Node, Pos, Value};
-use crate::config::walk::Ctx;
 use crate::error::GatewayError;
 use crate::lua::{self, Chunk};
+use crate::yaml::raw::{Node, Pos, Value};
+use crate::yaml::walk::Ctx;
 use http::Method;
 
 const PHASES: [&str; 6] = [

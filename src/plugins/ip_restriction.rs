@@ -3,10 +3,10 @@
 //! CIDRs cost about what 10 do.
 
 use super::{Flow, RequestCtx};
-use crate::config::raw::{Node, Pos};
-use crate::config::walk::Ctx;
 use crate::error::{Format, render};
 use crate::ipset::IpSet;
+use crate::yaml::raw::{Node, Pos};
+use crate::yaml::walk::Ctx;
 use http::StatusCode;
 
 #[derive(Debug)]

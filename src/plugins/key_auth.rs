@@ -2,8 +2,8 @@
 //! query string or the body. Keys are looked up by digest (see `consumers.rs`).
 
 use super::{AuthOutcome, Flow, RequestCtx, run_auth, set_consumer};
-use crate::config::raw::{Node, Value};
-use crate::config::walk::Ctx;
+use crate::yaml::raw::{Node, Value};
+use crate::yaml::walk::Ctx;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 #[derive(Debug)]
@@ -72,7 +72,7 @@ pub fn decode(config: Option<&Node>, ctx: &mut Ctx<'_>) -> Option<KeyAuth> {
         }
         out.key_names = list;
     }
-    let b = |ctx: &mut Ctx<'_>, f: &mut crate::config::walk::Fields<'_>, key: &str, d: bool| {
+    let b = |ctx: &mut Ctx<'_>, f: &mut crate::yaml::walk::Fields<'_>, key: &str, d: bool| {
         ctx.opt_bool(f.get(key), &format!("{what}.{key}"), d)
     };
     out.hide_credentials = b(ctx, &mut f, "hide_credentials", false);

@@ -12,9 +12,9 @@
 //!   Python SDK's `http://127.0.0.1:*`; `null` accepts the opaque origin.
 
 use super::{Flow, RequestCtx};
-use crate::config::raw::{Node, Value};
-use crate::config::walk::Ctx;
 use crate::error::{Format, render};
+use crate::yaml::raw::{Node, Value};
+use crate::yaml::walk::Ctx;
 use http::StatusCode;
 
 #[derive(Debug)]

@@ -20,9 +20,9 @@
 
 use super::{Flow, RequestCtx};
 use crate::body;
-use crate::config::raw::{Node, Pos, Value};
-use crate::config::walk::Ctx;
 use crate::mcp::{self, Exchange, Kind, Patterns, Policy, ResponseFilter, Restricted, Rules};
+use crate::yaml::raw::{Node, Pos, Value};
+use crate::yaml::walk::Ctx;
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use std::sync::Arc;
 

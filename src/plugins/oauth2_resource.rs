@@ -21,9 +21,9 @@
 
 use super::{Flow, RequestCtx};
 use crate::body;
-use crate::config::raw::{Node, Pos, Value};
-use crate::config::walk::Ctx;
 use crate::jwks::{KeyRing, Settings, Source};
+use crate::yaml::raw::{Node, Pos, Value};
+use crate::yaml::walk::Ctx;
 use base64::Engine;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -157,7 +157,7 @@ pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<OAut
     let before = ctx.errors.len();
     let at = f.pos;
 
-    let required_url = |ctx: &mut Ctx<'_>, f: &mut crate::config::walk::Fields<'_>, key: &str| {
+    let required_url = |ctx: &mut Ctx<'_>, f: &mut crate::yaml::walk::Fields<'_>, key: &str| {
         let n = f.get(key);
         match n {
             None => {
@@ -187,7 +187,7 @@ pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<OAut
         );
     }
 
-    let list = |ctx: &mut Ctx<'_>, f: &mut crate::config::walk::Fields<'_>, key: &str| {
+    let list = |ctx: &mut Ctx<'_>, f: &mut crate::yaml::walk::Fields<'_>, key: &str| {
         f.get(key)
             .map(|n| ctx.strings(Some(n), &format!("{what}.{key}")))
     };
@@ -260,7 +260,7 @@ pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<OAut
         f.get("resource_documentation"),
         &format!("{what}.resource_documentation"),
     );
-    let url_field = |ctx: &mut Ctx<'_>, f: &mut crate::config::walk::Fields<'_>, key: &str| {
+    let url_field = |ctx: &mut Ctx<'_>, f: &mut crate::yaml::walk::Fields<'_>, key: &str| {
         let n = f.get(key)?;
         let s = ctx.opt_string(Some(n), &format!("{what}.{key}"))?;
         match s.parse::<http::Uri>() {

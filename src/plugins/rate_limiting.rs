@@ -19,9 +19,9 @@
 //! keeps at most [`MAX_IDENTIFIERS`] identifiers (the least recently seen go first).
 
 use super::{Flow, RequestCtx, ResponseHeaders};
-use crate::config::raw::{Node, Pos, Value};
-use crate::config::walk::Ctx;
 use crate::error::{Format, render};
+use crate::yaml::raw::{Node, Pos, Value};
+use crate::yaml::walk::Ctx;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use sha2::Digest;
@@ -475,7 +475,7 @@ pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<Rate
 
 /// The `redis` record, with the legacy flat `redis_*` fields of older files filling
 /// whatever the record leaves unset. None when no host is given.
-fn decode_redis(f: &mut crate::config::walk::Fields<'_>, ctx: &mut Ctx<'_>) -> Option<RedisConf> {
+fn decode_redis(f: &mut crate::yaml::walk::Fields<'_>, ctx: &mut Ctx<'_>) -> Option<RedisConf> {
     let record = f.get("redis").filter(|n| !matches!(n.value, Value::Null));
     let mut rf = match record {
         Some(n) => ctx.fields(n, &format!("{WHAT}.redis")),
@@ -975,27 +975,18 @@ impl Store {
         }
     }
 
-    /// Gives every rate-limiting plugin of `snap` its counters: those of the previous
-    /// snapshot's plugin with the same scope and config, or new ones. Counters and
-    /// Redis clients no plugin of `snap` uses are released (in-flight requests on the
-    /// old snapshot keep theirs until they finish). Call before the snapshot serves.
-    pub fn bind(&self, snap: &crate::snapshot::Snapshot) {
-        let cfg = &snap.config;
+    /// Gives every rate-limiting plugin of a snapshot its counters (`plugins`: each with
+    /// its scope, "route:service:consumer" ids, as `Snapshot::rate_limiting` lists them):
+    /// those of the previous snapshot's plugin with the same scope and config, or new
+    /// ones. Counters and Redis clients no plugin of the snapshot uses are released
+    /// (in-flight requests on the old snapshot keep theirs until they finish). Call
+    /// before the snapshot serves.
+    pub fn bind<'a>(&self, plugins: impl IntoIterator<Item = (String, &'a RateLimiting)>) {
         let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
         let mut redis = self.redis.lock().unwrap_or_else(PoisonError::into_inner);
         let mut used_bound = Vec::new();
         let mut used_redis = Vec::new();
-        for entry in &cfg.plugins {
-            let super::Plugin::RateLimiting(p) = &*entry.plugin else {
-                continue;
-            };
-            let id = |s: Option<&str>| s.unwrap_or("-").to_string();
-            let scope = format!(
-                "{}:{}:{}",
-                id(entry.scope.route.map(|r| cfg.routes[r].id.as_str())),
-                id(entry.scope.service.map(|s| cfg.services[s].id.as_str())),
-                id(entry.scope.consumer.map(|c| cfg.consumers[c].id.as_str())),
-            );
+        for (scope, p) in plugins {
             let identity = format!("{scope}|{}", p.fingerprint);
             let target = match &p.policy {
                 Policy::Local => None,

@@ -3,9 +3,9 @@
 
 use super::{Flow, RequestCtx};
 use crate::body;
-use crate::config::raw::{Node, Pos};
-use crate::config::walk::Ctx;
 use crate::error::json_message;
+use crate::yaml::raw::{Node, Pos};
+use crate::yaml::walk::Ctx;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderName, Response, StatusCode};
 
@@ -45,7 +45,7 @@ pub fn decode(config: Option<&Node>, pos: Pos, ctx: &mut Ctx<'_>) -> Option<Requ
     let Some(config) = config else {
         return Some(out);
     };
-    if matches!(config.value, crate::config::raw::Value::Null) {
+    if matches!(config.value, crate::yaml::raw::Value::Null) {
         return Some(out);
     }
     let mut f = ctx.fields(config, what)?;
@@ -170,10 +170,10 @@ pub async fn echo(
     message: Option<&str>,
     parts: &http::request::Parts,
     raw: Option<bytes::Bytes>,
-    listener: crate::proxy::Listener,
+    listener: crate::context::Listener,
     captures: &crate::router::Captures,
-    route: &crate::config::model::Route,
-    service: Option<&crate::config::model::Service>,
+    route: &crate::entities::Route,
+    service: Option<&crate::entities::Service>,
 ) -> Response<crate::body::Body> {
     use serde_json::{Map, Value, json};
     let mut headers = Map::new();
@@ -248,7 +248,7 @@ pub async fn echo(
             "raw_body": raw_text,
             "method": parts.method.as_str(),
             "path": parts.uri.path(),
-            "uri_captures": crate::proxy::captures_json(captures),
+            "uri_captures": crate::context::captures_json(captures),
         },
         "matched_route": {
             "id": route.id,

@@ -16,11 +16,11 @@
 //! untouched (Kong rewrites them; Portcullis does not parse multipart).
 
 use super::{Flow, RequestCtx};
-use crate::config::raw::{Node, Pos, Value as Yaml};
-use crate::config::walk::Ctx;
 use crate::error::GatewayError;
 use crate::lua::args::{ArgValue, Args};
 use crate::lua::{self, LuaError, Session, Template};
+use crate::yaml::raw::{Node, Pos, Value as Yaml};
+use crate::yaml::walk::Ctx;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};

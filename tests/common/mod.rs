@@ -2,6 +2,9 @@
 //! the real binary), real upstream servers on 127.0.0.1:0, and a raw HTTP client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
+pub mod recorder;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};

@@ -1,12 +1,14 @@
 //! cors (PRIORITY 2000): answers preflights before any auth plugin runs and adds the
-//! CORS headers to every other response. The semantics live in `crate::cors`; this
-//! file decodes the YAML and plugs it into the pipeline.
+//! CORS headers to every other response. The semantics live in `core` (Kong's handler
+//! and schema); this file decodes the YAML and plugs it into the pipeline.
 
+pub mod core;
+
+use self::core::{Cors, CorsConfig};
 use super::{Flow, RequestCtx};
 use crate::body;
-use crate::config::raw::{Node, Value};
-use crate::config::walk::Ctx;
-use crate::cors::{Cors, CorsConfig};
+use crate::yaml::raw::{Node, Value};
+use crate::yaml::walk::Ctx;
 use http::{HeaderMap, Response, StatusCode};
 
 pub struct CorsPlugin(pub Cors);

@@ -2,10 +2,11 @@
 //! Built by `config::compile`, swapped atomically on reload, never mutated.
 
 use crate::config::model::{Config, Scope, Service};
-use crate::config::raw::Pos;
 use crate::plugins::Plugin;
+use crate::plugins::rate_limiting::RateLimiting;
 use crate::router::Router;
 use crate::upstream::{ClientCache, UpstreamClient};
+use crate::yaml::raw::Pos;
 use http::HeaderValue;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,6 +25,27 @@ pub struct Snapshot {
     pub consumers: crate::consumers::Consumers,
     /// The metric series of requests no route matched, looked up once.
     pub no_route_metrics: std::sync::OnceLock<Arc<crate::metrics::RouteHandles>>,
+}
+
+impl Snapshot {
+    /// Every rate-limiting plugin of the config with its scope ("route:service:consumer"
+    /// ids, `-` for none), in config order: what `rate_limiting::Store::bind` binds.
+    pub fn rate_limiting(&self) -> impl Iterator<Item = (String, &RateLimiting)> {
+        let cfg = &self.config;
+        cfg.plugins.iter().filter_map(move |entry| {
+            let Plugin::RateLimiting(p) = &*entry.plugin else {
+                return None;
+            };
+            let id = |s: Option<&str>| s.unwrap_or("-").to_string();
+            let scope = format!(
+                "{}:{}:{}",
+                id(entry.scope.route.map(|r| cfg.routes[r].id.as_str())),
+                id(entry.scope.service.map(|s| cfg.services[s].id.as_str())),
+                id(entry.scope.consumer.map(|c| cfg.consumers[c].id.as_str())),
+            );
+            Some((scope, p))
+        })
+    }
 }
 
 pub struct CompiledRoute {
