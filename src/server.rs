@@ -16,6 +16,14 @@
 //! - `max_connections`: at the limit the listeners stop accepting, so new connections
 //!   wait in the kernel's accept queue (nginx's worker_connections); one is accepted
 //!   for every one that closes. WebSocket tunnels count until they close.
+//! - `idle_timeout`: an HTTP/2 connection with no stream open gets GOAWAY;
+//!   `send_timeout`: a response the client does not take (socket or HTTP/2 window) closes
+//!   the connection. Both are watched per connection by `watchdog`, a few times per
+//!   timeout.
+//! - HTTP/2: concurrent streams, pending-accept resets (rapid reset), local error resets
+//!   and the per-stream send buffer are hyper's/h2's own limits, set from `Limits`;
+//!   SETTINGS and PING floods are back-pressured by h2 (one answer pending at a time),
+//!   CONTINUATION floods bounded by the header list size.
 
 use crate::body::{self, Body};
 use crate::error::GatewayError;
