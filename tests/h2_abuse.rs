@@ -554,3 +554,30 @@ async fn idle_http2_connections_get_goaway_but_busy_ones_do_not() {
     assert_eq!(r.goaway(Instant::now() + WAIT).await, Some(0));
     still_serves(g.addr).await;
 }
+
+#[test]
+fn invalid_http2_limits_are_refused_at_start() {
+    for (flag, value, message) in [
+        (
+            "--h2-max-concurrent-streams",
+            "0",
+            "--h2-max-concurrent-streams: must be at least 1",
+        ),
+        (
+            "--h2-max-send-buffer",
+            "0",
+            "--h2-max-send-buffer: must be between 1 and 4294967295",
+        ),
+        ("--send-timeout", "soon", "is not a number of seconds"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--listen", "127.0.0.1:0", "--status-listen", "off"])
+            .args(["--tls-listen", "off", flag, value])
+            .env_remove("PORTCULLIS_CONFIG")
+            .output()
+            .expect("cannot run portcullis");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{flag} {value}: {err}");
+    }
+}
