@@ -156,6 +156,12 @@ fn settings(o: &RunOptions) -> Result<Settings, String> {
             "--max-header-bytes must be at least 1024 and --max-uri-bytes at least 64".into(),
         );
     }
+    if o.limits.h2_max_concurrent_streams == 0 {
+        return Err("--h2-max-concurrent-streams: must be at least 1".into());
+    }
+    if o.limits.h2_max_send_buffer == 0 || o.limits.h2_max_send_buffer > u32::MAX as usize {
+        return Err("--h2-max-send-buffer: must be between 1 and 4294967295".into());
+    }
     s.limits = o.limits.clone();
     s.drain_timeout = o.drain_timeout;
     Ok(s)

@@ -6,7 +6,9 @@
 //!
 //! 1. leaves (no crate imports): `yaml`, the positioned YAML tree (`raw`) and the walker
 //!    that collects every error with file:line:col (`walk`); `body`; `path` and `router`
-//!    (Kong's path normalisation, strip_path joins, route matching); `ipset`
+//!    (Kong's path normalisation, strip_path joins, route matching); `ipset`;
+//!    `watchdog`, a client connection's requests in flight for the HTTP/2 idle and
+//!    send timeouts
 //! 2. `error`, every gateway-made response; `mcp`, JSON-RPC/MCP reading for `mcp-policy`
 //!    and its list-result filter (JSON and SSE); `idle_timeout`, upstream socket
 //!    timeouts; `entities`, Kong's services, routes, consumers, credentials (no plugins);
@@ -66,6 +68,7 @@ pub mod router;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod watchdog;
 pub mod yaml;
 
 // `snapshot` is part of the config layer (`config::compile` builds it); this keeps the

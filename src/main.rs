@@ -133,6 +133,34 @@ struct RunArgs {
     /// Seconds a client gets to send a request head (and the TLS handshake); also the idle keep-alive timeout.
     #[arg(long, env = "PORTCULLIS_HEADER_TIMEOUT", default_value = "60", value_parser = cli::parse_seconds)]
     header_timeout: std::time::Duration,
+    /// Seconds an HTTP/2 connection may stay without an open stream before GOAWAY (0: never).
+    #[arg(long, env = "PORTCULLIS_IDLE_TIMEOUT", default_value = "60", value_parser = cli::parse_seconds)]
+    idle_timeout: std::time::Duration,
+    /// Seconds a response may wait for the client to take it (socket or HTTP/2 window) before the connection is closed (0: never).
+    #[arg(long, env = "PORTCULLIS_SEND_TIMEOUT", default_value = "60", value_parser = cli::parse_seconds)]
+    send_timeout: std::time::Duration,
+    /// Seconds a request body that a plugin reads whole may take to arrive (over: 408; 0: no limit).
+    #[arg(long, env = "PORTCULLIS_BODY_TIMEOUT", default_value = "60", value_parser = cli::parse_seconds)]
+    body_timeout: std::time::Duration,
+    /// HTTP/2 streams a client may have open at once (more are refused).
+    #[arg(
+        long,
+        env = "PORTCULLIS_H2_MAX_CONCURRENT_STREAMS",
+        default_value_t = 128
+    )]
+    h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before they are served (rapid reset), then GOAWAY.
+    #[arg(long, env = "PORTCULLIS_H2_MAX_PENDING_RESETS", default_value_t = 20)]
+    h2_max_pending_resets: usize,
+    /// HTTP/2 streams the gateway may reset for the client's protocol errors, then GOAWAY.
+    #[arg(long, env = "PORTCULLIS_H2_MAX_ERROR_RESETS", default_value_t = 1024)]
+    h2_max_error_resets: usize,
+    /// Response bytes buffered per HTTP/2 stream for a client that is not reading.
+    #[arg(long, env = "PORTCULLIS_H2_MAX_SEND_BUFFER", default_value_t = 400 * 1024)]
+    h2_max_send_buffer: usize,
+    /// Seconds between HTTP/2 PINGs to clients (unanswered for 20 s: closed; 0: no pings).
+    #[arg(long, env = "PORTCULLIS_H2_KEEPALIVE", default_value = "0", value_parser = cli::parse_seconds)]
+    h2_keepalive: std::time::Duration,
     /// Worker threads, each with its own runtime, listener (SO_REUSEPORT) and upstream
     /// connections. Default: the number of cores the process may use.
     #[arg(long, env = "PORTCULLIS_WORKERS")]
@@ -197,6 +225,14 @@ fn main() -> ExitCode {
                     max_uri_bytes: a.max_uri_bytes,
                     header_timeout: a.header_timeout,
                     max_connections: a.max_connections,
+                    idle_timeout: a.idle_timeout,
+                    send_timeout: a.send_timeout,
+                    body_timeout: a.body_timeout,
+                    h2_max_concurrent_streams: a.h2_max_concurrent_streams,
+                    h2_max_pending_resets: a.h2_max_pending_resets,
+                    h2_max_error_resets: a.h2_max_error_resets,
+                    h2_max_send_buffer: a.h2_max_send_buffer,
+                    h2_keepalive: a.h2_keepalive,
                 },
             };
             cli::run(opts)

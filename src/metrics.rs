@@ -131,6 +131,10 @@ pub enum ConnectionError {
     BadRequest,
     /// The TLS handshake failed.
     TlsHandshake,
+    /// An HTTP/2 connection had no stream open for the idle timeout (GOAWAY).
+    IdleTimeout,
+    /// The client took no response bytes within the send timeout (closed).
+    SendTimeout,
 }
 
 impl ConnectionError {
@@ -140,6 +144,8 @@ impl ConnectionError {
             ConnectionError::HeaderTooLarge => "header_too_large",
             ConnectionError::BadRequest => "bad_request",
             ConnectionError::TlsHandshake => "tls_handshake",
+            ConnectionError::IdleTimeout => "idle_timeout",
+            ConnectionError::SendTimeout => "send_timeout",
         }
     }
 }

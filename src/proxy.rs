@@ -653,12 +653,27 @@ impl<'a> Exchange<'a> {
         if chain.iter().any(|l| l.plugin.needs_body())
             && let Some(b) = stream.take()
         {
-            match http_body_util::Limited::new(b, BUFFERED_BODY_LIMIT)
-                .collect()
-                .await
-            {
-                Ok(c) => buffered = Some(c.to_bytes()),
+            let read = http_body_util::Limited::new(b, BUFFERED_BODY_LIMIT).collect();
+            let limit = self.gw.settings.limits.body_timeout;
+            let read = if limit.is_zero() {
+                Ok(read.await)
+            } else {
+                tokio::time::timeout(limit, read).await
+            };
+            match read {
+                Ok(Ok(c)) => buffered = Some(c.to_bytes()),
+                // nginx's client_body_timeout: 408.
                 Err(_) => {
+                    let resp = crate::error::render(
+                        crate::error::Format::from_accept_or_type(&parts.headers),
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request Timeout",
+                        self.request_id,
+                        method == Method::HEAD,
+                    );
+                    return (resp, info);
+                }
+                Ok(Err(_)) => {
                     let resp = crate::error::render(
                         crate::error::Format::from_accept_or_type(&parts.headers),
                         StatusCode::PAYLOAD_TOO_LARGE,

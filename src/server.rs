@@ -16,12 +16,21 @@
 //! - `max_connections`: at the limit the listeners stop accepting, so new connections
 //!   wait in the kernel's accept queue (nginx's worker_connections); one is accepted
 //!   for every one that closes. WebSocket tunnels count until they close.
+//! - `idle_timeout`: an HTTP/2 connection with no stream open gets GOAWAY;
+//!   `send_timeout`: a response the client does not take (socket or HTTP/2 window) closes
+//!   the connection. Both are watched per connection by `watchdog`, a few times per
+//!   timeout.
+//! - HTTP/2: concurrent streams, pending-accept resets (rapid reset), local error resets
+//!   and the per-stream send buffer are hyper's/h2's own limits, set from `Limits`;
+//!   SETTINGS and PING floods are back-pressured by h2 (one answer pending at a time),
+//!   CONTINUATION floods bounded by the header list size.
 
 use crate::body::{self, Body};
 use crate::error::GatewayError;
 pub use crate::limits::Limits;
 use crate::metrics::{ConnectionError, OpenConnection};
 use crate::proxy::{self, Gateway, Listener};
+use crate::watchdog::{Activity, Verdict};
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -57,9 +66,17 @@ impl Limits {
             .max_header_bytes
             .saturating_mul(2)
             .saturating_add(16 * 1024);
-        b.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX));
+        let mut h2 = b.http2();
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX))
+            .max_concurrent_streams(self.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(self.h2_max_pending_resets)
+            .max_local_error_reset_streams(self.h2_max_error_resets)
+            .max_send_buf_size(self.h2_max_send_buffer.min(u32::MAX as usize));
+        if !self.h2_keepalive.is_zero() {
+            h2.keep_alive_interval(self.h2_keepalive)
+                .keep_alive_timeout(Duration::from_secs(20));
+        }
         b
     }
 }
@@ -387,11 +404,34 @@ impl Connection {
         };
         let (gw, peer, info) = (Arc::clone(&self.gw), self.peer, self.info);
         let first = Arc::clone(&seen);
+        let activity = Arc::new(Activity::default());
+        let act = Arc::clone(&activity);
         let svc = service_fn(move |req: Request<Incoming>| {
             first.store(true, Ordering::Relaxed);
             let gw = Arc::clone(&gw);
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(gw, req, peer, info).await) }
+            // Ends when the response body is dropped, or with this future when the
+            // client resets the stream first.
+            let in_flight = act.begin(req.version());
+            let act = Arc::clone(&act);
+            async move {
+                let resp = proxy::handle(gw, req, peer, info).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| act.track(b, in_flight)))
+            }
         });
+        let limits = &self.gw.settings.limits;
+        let (idle, send) = (limits.idle_timeout, limits.send_timeout);
+        // A few looks per timeout: a stalled response is cut between 1 and 1.25 times
+        // the send timeout after it stalled.
+        let period = [idle, send]
+            .into_iter()
+            .filter(|d| !d.is_zero())
+            .min()
+            .map(|d| (d / 4).max(Duration::from_millis(20)));
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + period.unwrap_or(Duration::from_secs(3600)),
+            period.unwrap_or(Duration::from_secs(3600)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -415,6 +455,20 @@ impl Connection {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                _ = tick.tick(), if period.is_some() => match activity.check(idle, send) {
+                    Verdict::Fine => {}
+                    Verdict::Idle => if !draining {
+                        draining = true;
+                        self.gw.metrics.connection_error(ConnectionError::IdleTimeout);
+                        tracing::debug!(%peer, "HTTP/2 connection idle; GOAWAY");
+                        conn.as_mut().graceful_shutdown();
+                    },
+                    Verdict::SendStalled => {
+                        self.gw.metrics.connection_error(ConnectionError::SendTimeout);
+                        tracing::debug!(%peer, "client took no response bytes within the send timeout; closing");
+                        return;
+                    }
+                },
             }
         };
         if let Err(e) = result {

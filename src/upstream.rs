@@ -49,8 +49,46 @@ pub struct UpstreamClient {
 type ClientKey = (Duration, Duration, Duration, bool);
 
 /// The most a response head from an upstream may take (Supabase gives Kong 160 KiB
-/// proxy buffers for large upstream headers; this leaves room beyond that).
+/// proxy buffers for large upstream headers; this leaves room beyond that), counted
+/// as [`head_size`] does. Enforced exactly on the parsed head: hyper's own read-buffer
+/// limit (which cuts anywhere between its size and twice that, with how the reads
+/// arrive) is set well above it so that it only stops heads far larger.
 pub const MAX_UPSTREAM_HEAD: usize = 1 << 20;
+
+/// hyper's read buffer for upstream connections: a head up to [`MAX_UPSTREAM_HEAD`]
+/// always fits, with up to as much again of whitespace on the wire.
+const UPSTREAM_READ_BUF: usize = 2 * MAX_UPSTREAM_HEAD;
+
+/// A response head's size as counted against [`MAX_UPSTREAM_HEAD`]: the status line
+/// `HTTP/1.1 NNN reason\r\n`, `name: value\r\n` per header line, and the blank line.
+pub fn head_size<B>(resp: &Response<B>) -> usize {
+    let reason = resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| r.as_bytes().len())
+        .unwrap_or_else(|| resp.status().canonical_reason().map_or(0, str::len));
+    let mut size = "HTTP/1.1 200 \r\n".len() + reason + 2;
+    for (name, value) in resp.headers() {
+        size += name.as_str().len() + 2 + value.len() + 2;
+    }
+    size
+}
+
+/// The error for a head over the limit (a 502, as any invalid upstream answer).
+#[derive(Debug)]
+pub struct HeadTooLarge(pub usize);
+
+impl std::fmt::Display for HeadTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "upstream response head of {} bytes is over the {MAX_UPSTREAM_HEAD}-byte limit",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for HeadTooLarge {}
 
 /// An idle upstream connection older than this is closed instead of reused.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -224,7 +262,7 @@ async fn connect(
     std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
     let io = connector.call(uri).await?;
     let (tx, conn) = http1::Builder::new()
-        .max_buf_size(MAX_UPSTREAM_HEAD)
+        .max_buf_size(UPSTREAM_READ_BUF)
         .handshake::<_, Body>(io)
         .await?;
     tokio::spawn(async move {
@@ -353,6 +391,11 @@ pub async fn send(
         };
         match tx.try_send_request(req).await {
             Ok(resp) => {
+                let size = head_size(&resp);
+                if size > MAX_UPSTREAM_HEAD {
+                    // Not pooled: its body is never read.
+                    return Err((GatewayError::UpstreamInvalid, Box::new(HeadTooLarge(size))));
+                }
                 checkin(&key, tx);
                 return Ok(resp);
             }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// layer are independent of each other. A new module goes into this table.
 const LAYERS: &[&[&str]] = &[
     // leaves: no crate imports
-    &["body", "yaml", "path", "router", "ipset"],
+    &["body", "yaml", "path", "router", "ipset", "watchdog"],
     &["error", "mcp", "idle_timeout", "entities", "tls"],
     &["metrics", "limits", "consumers", "upstream", "jwks"],
     // the per-request context plugins and Lua share

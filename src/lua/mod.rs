@@ -10,8 +10,14 @@
 //! compiles the source into its VM and caches the function by chunk id; later requests
 //! only call it. The cache holds a `Weak` of each chunk, so chunks of a replaced config
 //! are swept once the old snapshot is gone. Plugins of one request run back to back on
-//! one thread (the access phase has no await), which is what lets the per-request
-//! tables (`kong.ctx.shared`, `ngx.ctx`) live in the thread's VM.
+//! one thread (each worker runs one single-threaded runtime).
+//!
+//! Per-request tables (`kong.ctx.shared`, `ngx.ctx`) belong to the request, not to the
+//! VM: the access phase may await between two plugins (oauth2-resource fetching
+//! signing keys) while other requests run Lua on the same thread. When another
+//! request's session begins, the current request's tables are parked in the VM under
+//! its request id and come back at its next session; a [`LuaRequest`] guard in the
+//! request's extensions frees them when the request ends.
 //!
 //! Sandbox: chunks see Kong's sandbox environment (safe base functions, `string`,
 //! `table`, `math`, `os.clock/date/difftime/time`, `coroutine`, `kong`, `ngx`), never
@@ -245,6 +251,11 @@ struct Engine {
     current: Table,
     /// The request the per-request tables belong to; lent to `ReqState` during calls.
     request: String,
+    /// Per-request tables of requests waiting between two sessions: request id →
+    /// `{ shared, ngx_ctx }`.
+    parked: Table,
+    /// Requests that have ended (their guards push here, from any thread).
+    ended: Ended,
     cache: HashMap<u64, Cached>,
     sweep_at: usize,
     broken: bool,
@@ -252,6 +263,31 @@ struct Engine {
 
 thread_local! {
     static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+}
+
+/// Ids of requests that have ended, for the VM that holds their parked tables.
+type Ended = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// In a request's extensions once Lua left per-request tables for it; the VM frees
+/// them when the request (and so this) is dropped.
+#[derive(Clone)]
+pub struct LuaRequest {
+    _end: Arc<RequestEnd>,
+}
+
+struct RequestEnd {
+    id: String,
+    ended: Ended,
+}
+
+impl Drop for RequestEnd {
+    fn drop(&mut self) {
+        let mut list = match self.ended.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        list.push(std::mem::take(&mut self.id));
+    }
 }
 
 impl Engine {
@@ -288,6 +324,7 @@ impl Engine {
         let tostring: Function = lua.globals().raw_get("tostring")?;
         lua.set_app_data(Slot::default());
         let request_keys = [lua.create_string("shared")?, lua.create_string("ngx_ctx")?];
+        let parked = lua.create_table()?;
         Ok(Engine {
             lua,
             flags,
@@ -298,6 +335,8 @@ impl Engine {
             fresh: installed.fresh,
             current: installed.current,
             request: String::new(),
+            parked,
+            ended: Ended::default(),
             cache: HashMap::new(),
             sweep_at: 64,
             broken: false,
@@ -308,17 +347,52 @@ impl Engine {
     /// only a request that used them has any to drop). A plugin run's template state
     /// lives in its `Session`.
     fn begin(&mut self, request_id: &str) -> mlua::Result<()> {
-        if self.request != request_id {
-            self.request.clear();
-            self.request.push_str(request_id);
-            for k in &self.request_keys {
-                // A raw_get costs far less than a (memory-checked) raw_set.
-                if !matches!(self.current.raw_get::<Value>(k)?, Value::Nil) {
-                    self.current.raw_set(k, Value::Nil)?;
-                }
+        if self.request == request_id {
+            return Ok(());
+        }
+        let ended = {
+            let mut list = match self.ended.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            std::mem::take(&mut *list)
+        };
+        for id in &ended {
+            self.parked.raw_set(id.as_str(), Value::Nil)?;
+        }
+        // The outgoing request's tables: parked if it may come back, else dropped.
+        let outgoing_ended = ended.contains(&self.request);
+        let mut out: [Value; 2] = [Value::Nil, Value::Nil];
+        for (slot, k) in out.iter_mut().zip(&self.request_keys) {
+            // A raw_get costs far less than a (memory-checked) raw_set.
+            *slot = self.current.raw_get::<Value>(k)?;
+            if !slot.is_nil() {
+                self.current.raw_set(k, Value::Nil)?;
             }
         }
+        if !outgoing_ended && out.iter().any(|v| !v.is_nil()) {
+            let t = self.lua.create_table_with_capacity(0, 2)?;
+            for (v, k) in out.into_iter().zip(&self.request_keys) {
+                t.raw_set(k, v)?;
+            }
+            self.parked.raw_set(self.request.as_str(), t)?;
+        }
+        if let Value::Table(t) = self.parked.raw_get::<Value>(request_id)? {
+            for k in &self.request_keys {
+                self.current.raw_set(k, t.raw_get::<Value>(k)?)?;
+            }
+            self.parked.raw_set(request_id, Value::Nil)?;
+        }
+        self.request.clear();
+        self.request.push_str(request_id);
         Ok(())
+    }
+
+    /// Whether the current request has per-request tables (so needs a guard).
+    fn has_request_tables(&self) -> bool {
+        self.request_keys
+            .iter()
+            .any(|k| self.current.raw_get::<Value>(k).is_ok_and(|v| !v.is_nil()))
     }
 
     /// The thread's function for `chunk`, compiling it on first use.
@@ -433,6 +507,16 @@ pub fn session<R>(
         let out = f(&mut s);
         drop(s);
         if let Some(engine) = slot.as_mut() {
+            // The first session that leaves per-request tables gives the request the
+            // guard that frees them once it ends.
+            if engine.has_request_tables() && ctx.extensions.get::<LuaRequest>().is_none() {
+                ctx.extensions.insert(LuaRequest {
+                    _end: Arc::new(RequestEnd {
+                        id: ctx.request_id.to_string(),
+                        ended: Arc::clone(&engine.ended),
+                    }),
+                });
+            }
             engine.maintain();
         }
         out

@@ -1,0 +1,259 @@
+//! What a client connection is doing, for the timeouts that hyper does not enforce:
+//! the HTTP/2 idle timeout (no stream open for `idle_timeout`: GOAWAY) and the send
+//! timeout (a response the client does not take for `send_timeout`, because it stopped
+//! reading its socket or never opens its HTTP/2 flow-control window: the connection is
+//! closed, as nginx's `send_timeout` does).
+//!
+//! Each request holds an [`InFlight`] guard from the moment hyper hands it over until
+//! its response body is dropped; the response body is wrapped in [`Tracked`], which
+//! notes when it has handed a frame to hyper and not yet been asked for the next one
+//! (hyper stops asking while the socket or the stream's window is full). The
+//! connection task looks at [`Activity::check`] a few times per timeout: no timer per
+//! request, one per connection.
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// One client connection's requests in flight and responses being sent.
+pub struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `started` when the last request in flight ended.
+    idle_since: AtomicU64,
+    /// Set once a request came over HTTP/2 (the idle timeout applies).
+    h2: AtomicBool,
+    /// Each response being sent: 0, or 1 + the millisecond (since `started`) it last
+    /// handed a frame over without being asked for the next.
+    sending: Mutex<Sending>,
+}
+
+/// The responses being sent, swept of finished ones when the list doubles.
+struct Sending {
+    list: Vec<Weak<AtomicU64>>,
+    sweep_at: usize,
+}
+
+/// What the connection should do after a check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Fine,
+    /// HTTP/2 with no stream open for the idle timeout: send GOAWAY.
+    Idle,
+    /// A response has waited for the client longer than the send timeout: close.
+    SendStalled,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            sending: Mutex::new(Sending {
+                list: Vec::new(),
+                sweep_at: 64,
+            }),
+        }
+    }
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request has arrived; the guard ends it when dropped.
+    pub fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
+        if version == http::Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Wraps a response body so the send timeout sees it.
+    pub fn track<B>(&self, body: B, guard: InFlight) -> Tracked<B> {
+        let stall = Arc::new(AtomicU64::new(0));
+        let mut sending = match self.sending.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        // Swept here too, so a busy keep-alive connection's list stays within twice
+        // its responses in flight, whatever the time between two checks.
+        if sending.list.len() >= sending.sweep_at {
+            sending.list.retain(|w| w.strong_count() > 0);
+            sending.sweep_at = (sending.list.len() * 2).max(64);
+        }
+        sending.list.push(Arc::downgrade(&stall));
+        Tracked {
+            inner: body,
+            stall,
+            _guard: guard,
+        }
+    }
+
+    /// Looks at the connection against the two timeouts (zero disables one).
+    pub fn check(&self, idle: Duration, send: Duration) -> Verdict {
+        let now = self.now_ms();
+        if !send.is_zero() {
+            let limit = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
+            let mut sending = match self.sending.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            let mut stalled = false;
+            sending.list.retain(|w| match w.upgrade() {
+                Some(s) => {
+                    let v = s.load(Ordering::Relaxed);
+                    if v != 0 && now.saturating_sub(v - 1) >= limit {
+                        stalled = true;
+                    }
+                    true
+                }
+                None => false,
+            });
+            if stalled {
+                return Verdict::SendStalled;
+            }
+        }
+        if !idle.is_zero()
+            && self.h2.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+        {
+            let limit = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            if now.saturating_sub(self.idle_since.load(Ordering::Relaxed)) >= limit {
+                return Verdict::Idle;
+            }
+        }
+        Verdict::Fine
+    }
+}
+
+/// A request in flight on its connection (see [`Activity::begin`]).
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since.store(a.now_ms(), Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body whose stalls the connection's send timeout watches.
+    pub struct Tracked<B> {
+        #[pin]
+        inner: B,
+        stall: Arc<AtomicU64>,
+        _guard: InFlight,
+    }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_frame(cx);
+        // Asked for a frame: not stalled. Handed one over with more to come: the
+        // client must take it (hyper asks again once it has room) within the timeout.
+        let mark = match &r {
+            Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {
+                this._guard.0.now_ms().saturating_add(1)
+            }
+            _ => 0,
+        };
+        this.stall.store(mark, Ordering::Relaxed);
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn idle_only_for_http2_without_streams() {
+        let a = Arc::new(Activity::default());
+        let ms = Duration::from_millis(1);
+        // Nothing has come over HTTP/2 yet: the header timeout's business.
+        assert_eq!(a.check(ms, Duration::ZERO), Verdict::Fine);
+        let g = a.begin(http::Version::HTTP_2);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(a.check(ms, Duration::ZERO), Verdict::Fine);
+        drop(g);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(a.check(ms, Duration::ZERO), Verdict::Idle);
+        assert_eq!(a.check(Duration::ZERO, Duration::ZERO), Verdict::Fine);
+        let h1 = Arc::new(Activity::default());
+        drop(h1.begin(http::Version::HTTP_11));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(h1.check(ms, Duration::ZERO), Verdict::Fine);
+    }
+
+    #[test]
+    fn finished_responses_are_swept_without_a_check() {
+        let a = Arc::new(Activity::default());
+        let live: Vec<_> = (0..10)
+            .map(|_| {
+                a.track(
+                    http_body_util::Empty::<Bytes>::new(),
+                    a.begin(http::Version::HTTP_2),
+                )
+            })
+            .collect();
+        for _ in 0..10_000 {
+            drop(a.track(
+                http_body_util::Empty::<Bytes>::new(),
+                a.begin(http::Version::HTTP_2),
+            ));
+        }
+        let len = a.sending.lock().unwrap().list.len();
+        assert!(len <= 64, "{len} entries for 10 live responses");
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 10);
+        drop(live);
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_not_asked_for_its_next_frame_stalls() {
+        let a = Arc::new(Activity::default());
+        let send = Duration::from_millis(20);
+        // A body with two frames: after the first, nobody asks for the second.
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+        ]));
+        let mut t = a.track(body, a.begin(http::Version::HTTP_2));
+        let first = t.frame().await;
+        assert!(first.is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(a.check(Duration::ZERO, send), Verdict::SendStalled);
+        // Asked again: fine.
+        assert!(t.frame().await.is_some());
+        assert!(t.frame().await.is_none());
+        assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine);
+        drop(t);
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
+    }
+}
