@@ -671,7 +671,7 @@ impl<'a> Exchange<'a> {
                         self.request_id,
                         method == Method::HEAD,
                     );
-                    return (resp, info);
+                    return ControlFlow::Break(resp);
                 }
                 Ok(Err(_)) => {
                     let resp = crate::error::render(
