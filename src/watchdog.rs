@@ -27,8 +27,11 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Set once a request came over HTTP/2 (the idle timeout applies).
     h2: AtomicBool,
-    /// Each response being sent: 0, or 1 + the millisecond (since `started`) it last
-    /// handed a frame over without being asked for the next.
+    /// HTTP/1: the one response being sent (hyper sends one at a time): 0, or 1 + the
+    /// millisecond (since `started`) it last handed a frame over without being asked
+    /// for the next. No allocation, lock or clock read per request.
+    stall: AtomicU64,
+    /// HTTP/2: each response being sent, as `stall`.
     sending: Mutex<Sending>,
 }
 
@@ -55,6 +58,7 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            stall: AtomicU64::new(0),
             sending: Mutex::new(Sending {
                 list: Vec::new(),
                 sweep_at: 64,
@@ -79,6 +83,13 @@ impl Activity {
 
     /// Wraps a response body so the send timeout sees it.
     pub fn track<B>(&self, body: B, guard: InFlight) -> Tracked<B> {
+        if !self.h2.load(Ordering::Relaxed) {
+            return Tracked {
+                inner: body,
+                stall: None,
+                _guard: guard,
+            };
+        }
         let stall = Arc::new(AtomicU64::new(0));
         let mut sending = match self.sending.lock() {
             Ok(l) => l,
@@ -93,7 +104,7 @@ impl Activity {
         sending.list.push(Arc::downgrade(&stall));
         Tracked {
             inner: body,
-            stall,
+            stall: Some(stall),
             _guard: guard,
         }
     }
@@ -103,22 +114,25 @@ impl Activity {
         let now = self.now_ms();
         if !send.is_zero() {
             let limit = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
+            let stalled = |v: u64| v != 0 && now.saturating_sub(v - 1) >= limit;
+            if stalled(self.stall.load(Ordering::Relaxed)) {
+                return Verdict::SendStalled;
+            }
             let mut sending = match self.sending.lock() {
                 Ok(l) => l,
                 Err(p) => p.into_inner(),
             };
-            let mut stalled = false;
+            let mut any = false;
             sending.list.retain(|w| match w.upgrade() {
                 Some(s) => {
-                    let v = s.load(Ordering::Relaxed);
-                    if v != 0 && now.saturating_sub(v - 1) >= limit {
-                        stalled = true;
+                    if stalled(s.load(Ordering::Relaxed)) {
+                        any = true;
                     }
                     true
                 }
                 None => false,
             });
-            if stalled {
+            if any {
                 return Verdict::SendStalled;
             }
         }
@@ -141,7 +155,13 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        a.idle_since.store(a.now_ms(), Ordering::Relaxed);
+        if a.h2.load(Ordering::Relaxed) {
+            // Only HTTP/2 connections have an idle timeout to measure from here.
+            a.idle_since.store(a.now_ms(), Ordering::Relaxed);
+        } else {
+            // HTTP/1: this request's response, sent or abandoned, stalls nothing now.
+            a.stall.store(0, Ordering::Relaxed);
+        }
         a.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -151,7 +171,8 @@ pin_project_lite::pin_project! {
     pub struct Tracked<B> {
         #[pin]
         inner: B,
-        stall: Arc<AtomicU64>,
+        // HTTP/2: this response's own mark; HTTP/1: None, the connection's `stall`.
+        stall: Option<Arc<AtomicU64>>,
         _guard: InFlight,
     }
 }
@@ -174,7 +195,10 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for Tracked<B> {
             }
             _ => 0,
         };
-        this.stall.store(mark, Ordering::Relaxed);
+        match this.stall {
+            Some(own) => own.store(mark, Ordering::Relaxed),
+            None => this._guard.0.stall.store(mark, Ordering::Relaxed),
+        }
         r
     }
 
@@ -255,5 +279,36 @@ mod tests {
         assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine);
         drop(t);
         assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
+    }
+    #[tokio::test]
+    async fn a_body_not_asked_for_its_next_frame_stalls_http1() {
+        let a = Arc::new(Activity::default());
+        let send = Duration::from_millis(20);
+        // A body with two frames: after the first, nobody asks for the second.
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+        ]));
+        let mut t = a.track(body, a.begin(http::Version::HTTP_11));
+        let first = t.frame().await;
+        assert!(first.is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(a.check(Duration::ZERO, send), Verdict::SendStalled);
+        // Asked again: fine.
+        assert!(t.frame().await.is_some());
+        assert!(t.frame().await.is_none());
+        assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine);
+        drop(t);
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
+        // A response dropped while stalled leaves no mark behind.
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+        ]));
+        let mut t = a.track(body, a.begin(http::Version::HTTP_11));
+        assert!(t.frame().await.is_some());
+        drop(t);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine);
     }
 }

@@ -1402,6 +1402,22 @@ fn thread_names(pid: u32) -> Vec<String> {
     names
 }
 
+/// The names of the process's worker threads once `n` of them have started: "listening"
+/// is logged when the sockets are bound, and each thread names itself as it starts.
+fn worker_threads(pid: u32, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers: Vec<String> = thread_names(pid)
+            .into_iter()
+            .filter(|n| n.starts_with("portcullis-w"))
+            .collect();
+        if workers.len() >= n || std::time::Instant::now() > deadline {
+            return workers;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_share_the_port_and_serve_every_connection() {
     let up = echo_upstream().await;
@@ -1414,10 +1430,7 @@ async fn workers_share_the_port_and_serve_every_connection() {
     let text = g.stderr_text();
     assert_eq!(text.matches("proxy listening").count(), 1, "{text}");
     assert!(text.contains("workers=3"), "{text}");
-    let workers: Vec<String> = thread_names(g.pid())
-        .into_iter()
-        .filter(|n| n.starts_with("portcullis-w"))
-        .collect();
+    let workers = worker_threads(g.pid(), 3);
     assert_eq!(workers, ["portcullis-w0", "portcullis-w1", "portcullis-w2"]);
 
     // Many connections at once: the kernel spreads them over the three sockets, and
@@ -1455,10 +1468,7 @@ async fn workers_default_to_the_cores_the_process_may_use() {
     let cores = std::thread::available_parallelism().unwrap().get();
     let text = g.stderr_text();
     assert!(text.contains(&format!("workers={cores}")), "{text}");
-    let workers = thread_names(g.pid())
-        .into_iter()
-        .filter(|n| n.starts_with("portcullis-w"))
-        .count();
+    let workers = worker_threads(g.pid(), cores).len();
     assert_eq!(workers, cores);
     assert_eq!(get(g.addr(), "/echo/x").await.status, 200);
 }
