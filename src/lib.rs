@@ -30,6 +30,8 @@ pub mod consumers;
 pub mod cors;
 pub mod error;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod idle_timeout;
 pub mod ipset;
 pub mod jwks;
