@@ -791,8 +791,9 @@ fn response_head_ok(bytes: &[u8]) -> Result<(), String> {
     let mut lines = head.split(|&b| b == b'\n');
     let status = lines.next().unwrap_or_default();
     let ok_status = (status.starts_with(b"HTTP/1.1 ") || status.starts_with(b"HTTP/1.0 "))
-        && status.len() >= 12
+        && status.len() >= 13
         && status[9..12].iter().all(u8::is_ascii_digit)
+        && status[12] == b' '
         && status.ends_with(b"\r");
     if !ok_status {
         return Err(format!(
@@ -800,8 +801,14 @@ fn response_head_ok(bytes: &[u8]) -> Result<(), String> {
             String::from_utf8_lossy(status)
         ));
     }
-    for line in lines {
-        let line = line.strip_suffix(b"\r").ok_or("bare LF in the head")?;
+    // Every line ended in CRLF; the last one's CR is the one before the blank line.
+    let mut lines = lines.peekable();
+    while let Some(line) = lines.next() {
+        let line = if lines.peek().is_some() {
+            line.strip_suffix(b"\r").ok_or("bare LF in the head")?
+        } else {
+            line
+        };
         let colon = line
             .iter()
             .position(|&b| b == b':')
@@ -834,7 +841,13 @@ pub fn http1(data: &[u8]) {
     {
         panic!("no end of the answer within 10 s ({e}), after {out:?}");
     }
-    if !out.is_empty()
+    if data.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") {
+        // HTTP/2 with prior knowledge: the server's first frame is its SETTINGS.
+        assert!(
+            out.is_empty() || out.get(3) == Some(&4),
+            "HTTP/2 answer without SETTINGS first: {out:?}"
+        );
+    } else if !out.is_empty()
         && let Err(e) = response_head_ok(&out)
     {
         panic!("{e}: {:?}", String::from_utf8_lossy(&out));
