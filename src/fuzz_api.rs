@@ -799,28 +799,24 @@ fn response_head_ok(bytes: &[u8]) -> Result<(), String> {
     let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Err("no end of head".into());
     };
-    let head = &bytes[..end];
-    let mut lines = head.split(|&b| b == b'\n');
-    let status = lines.next().unwrap_or_default();
+    // The head up to the last line's CR: every line then ends in CR.
+    let head = &bytes[..=end];
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").ok_or("bare LF in the head"));
+    let status = lines.next().unwrap_or(Ok(b""))?;
     let ok_status = (status.starts_with(b"HTTP/1.1 ") || status.starts_with(b"HTTP/1.0 "))
         && status.len() >= 13
         && status[9..12].iter().all(u8::is_ascii_digit)
-        && status[12] == b' '
-        && status.ends_with(b"\r");
+        && status[12] == b' ';
     if !ok_status {
         return Err(format!(
             "bad status line {:?}",
             String::from_utf8_lossy(status)
         ));
     }
-    // Every line ended in CRLF; the last one's CR is the one before the blank line.
-    let mut lines = lines.peekable();
-    while let Some(line) = lines.next() {
-        let line = if lines.peek().is_some() {
-            line.strip_suffix(b"\r").ok_or("bare LF in the head")?
-        } else {
-            line
-        };
+    for line in lines {
+        let line = line?;
         let colon = line
             .iter()
             .position(|&b| b == b':')
