@@ -742,6 +742,13 @@ async fn start_harness() -> Harness {
             Err(e) => panic!("bind {what}: {e}"),
         }
     };
+    // A fuzzer's main is libFuzzer's, not Rust's, so SIGPIPE still kills the process
+    // when the gateway writes to a closed socket (the real binary ignores it). A tokio
+    // listener replaces the default action for good.
+    let sigpipe = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe());
+    if let Err(e) = sigpipe {
+        panic!("SIGPIPE handler: {e}");
+    }
     let leaks = Arc::new(Mutex::new(Vec::new()));
     let up = bind("upstream").await;
     let up_addr = match up.local_addr() {
