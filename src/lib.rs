@@ -53,6 +53,8 @@ pub mod dashboard;
 pub mod entities;
 pub mod error;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod idle_timeout;
 pub mod ipset;
 pub mod jwks;
