@@ -254,6 +254,8 @@ struct Engine {
     /// Per-request tables of requests waiting between two sessions: request id →
     /// `{ shared, ngx_ctx }`.
     parked: Table,
+    /// The ids `parked` holds, so a request with nothing parked costs no Lua string.
+    parked_ids: std::collections::HashSet<String>,
     /// Requests that have ended (their guards push here, from any thread).
     ended: Ended,
     cache: HashMap<u64, Cached>,
@@ -336,6 +338,7 @@ impl Engine {
             current: installed.current,
             request: String::new(),
             parked,
+            parked_ids: std::collections::HashSet::new(),
             ended: Ended::default(),
             cache: HashMap::new(),
             sweep_at: 64,
@@ -358,7 +361,9 @@ impl Engine {
             std::mem::take(&mut *list)
         };
         for id in &ended {
-            self.parked.raw_set(id.as_str(), Value::Nil)?;
+            if self.parked_ids.remove(id) {
+                self.parked.raw_set(id.as_str(), Value::Nil)?;
+            }
         }
         // The outgoing request's tables: parked if it may come back, else dropped.
         let outgoing_ended = ended.contains(&self.request);
@@ -376,10 +381,13 @@ impl Engine {
                 t.raw_set(k, v)?;
             }
             self.parked.raw_set(self.request.as_str(), t)?;
+            self.parked_ids.insert(self.request.clone());
         }
-        if let Value::Table(t) = self.parked.raw_get::<Value>(request_id)? {
-            for k in &self.request_keys {
-                self.current.raw_set(k, t.raw_get::<Value>(k)?)?;
+        if self.parked_ids.remove(request_id) {
+            if let Value::Table(t) = self.parked.raw_get::<Value>(request_id)? {
+                for k in &self.request_keys {
+                    self.current.raw_set(k, t.raw_get::<Value>(k)?)?;
+                }
             }
             self.parked.raw_set(request_id, Value::Nil)?;
         }
