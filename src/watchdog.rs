@@ -259,56 +259,42 @@ mod tests {
         assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
     }
 
+    /// A body with two frames.
+    fn two_frames() -> impl HttpBody<Data = Bytes, Error = std::io::Error> {
+        http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+        ]))
+    }
+
     #[tokio::test]
     async fn a_body_not_asked_for_its_next_frame_stalls() {
-        let a = Arc::new(Activity::default());
-        let send = Duration::from_millis(20);
-        // A body with two frames: after the first, nobody asks for the second.
-        let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"a"))),
-            Ok(Frame::data(Bytes::from_static(b"b"))),
-        ]));
-        let mut t = a.track(body, a.begin(http::Version::HTTP_2));
-        let first = t.frame().await;
-        assert!(first.is_some());
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(a.check(Duration::ZERO, send), Verdict::SendStalled);
-        // Asked again: fine.
-        assert!(t.frame().await.is_some());
-        assert!(t.frame().await.is_none());
-        assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine);
-        drop(t);
-        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
-    }
-    #[tokio::test]
-    async fn a_body_not_asked_for_its_next_frame_stalls_http1() {
-        let a = Arc::new(Activity::default());
-        let send = Duration::from_millis(20);
-        // A body with two frames: after the first, nobody asks for the second.
-        let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"a"))),
-            Ok(Frame::data(Bytes::from_static(b"b"))),
-        ]));
-        let mut t = a.track(body, a.begin(http::Version::HTTP_11));
-        let first = t.frame().await;
-        assert!(first.is_some());
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(a.check(Duration::ZERO, send), Verdict::SendStalled);
-        // Asked again: fine.
-        assert!(t.frame().await.is_some());
-        assert!(t.frame().await.is_none());
-        assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine);
-        drop(t);
-        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
-        // A response dropped while stalled leaves no mark behind.
-        let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"a"))),
-            Ok(Frame::data(Bytes::from_static(b"b"))),
-        ]));
-        let mut t = a.track(body, a.begin(http::Version::HTTP_11));
-        assert!(t.frame().await.is_some());
-        drop(t);
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine);
+        // HTTP/2 responses have marks of their own; HTTP/1's is the connection's.
+        for version in [http::Version::HTTP_2, http::Version::HTTP_11] {
+            let a = Arc::new(Activity::default());
+            let send = Duration::from_millis(20);
+            // A body with two frames: after the first, nobody asks for the second.
+            let mut t = a.track(two_frames(), a.begin(version));
+            let first = t.frame().await;
+            assert!(first.is_some());
+            std::thread::sleep(Duration::from_millis(30));
+            assert_eq!(
+                a.check(Duration::ZERO, send),
+                Verdict::SendStalled,
+                "{version:?}"
+            );
+            // Asked again: fine.
+            assert!(t.frame().await.is_some());
+            assert!(t.frame().await.is_none());
+            assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine, "{version:?}");
+            drop(t);
+            assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
+            // A response dropped while stalled leaves no mark behind.
+            let mut t = a.track(two_frames(), a.begin(version));
+            assert!(t.frame().await.is_some());
+            drop(t);
+            std::thread::sleep(Duration::from_millis(30));
+            assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine, "{version:?}");
+        }
     }
 }
