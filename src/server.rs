@@ -12,7 +12,9 @@
 //! - `header_timeout`: a connection must complete its TLS handshake and first request
 //!   head within it, and every later HTTP/1.1 request head too (this is also the idle
 //!   keep-alive timeout, like nginx's client_header_timeout + keepalive_timeout); then
-//!   it is closed without an answer, as nginx does.
+//!   it is closed without an answer, as nginx does. The first head is timed by the
+//!   connection task, later ones by the `watchdog` from the end of the previous
+//!   response (no timer reset per request).
 //! - `max_connections`: at the limit the listeners stop accepting, so new connections
 //!   wait in the kernel's accept queue (nginx's worker_connections); one is accepted
 //!   for every one that closes. WebSocket tunnels count until they close.
@@ -55,11 +57,11 @@ impl Limits {
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
         let mut h1 = b.http1();
+        // The header timeout is the connection task's (its first deadline, then the
+        // `watchdog`), not a timer hyper resets for every request head.
         h1.timer(TokioTimer::new())
+            .header_read_timeout(None)
             .max_buf_size(self.max_header_bytes.max(HYPER_MIN_BUF));
-        if !self.header_timeout.is_zero() {
-            h1.header_read_timeout(self.header_timeout);
-        }
         // Room above the limit so `check_head` answers (HPACK counts 32 bytes more
         // per header than the request does).
         let h2_list = self
@@ -419,10 +421,15 @@ impl Connection {
             }
         });
         let limits = &self.gw.settings.limits;
-        let (idle, send) = (limits.idle_timeout, limits.send_timeout);
+        let (idle, send, header) = (
+            limits.idle_timeout,
+            limits.send_timeout,
+            limits.header_timeout,
+        );
         // A few looks per timeout: a stalled response is cut between 1 and 1.25 times
-        // the send timeout after it stalled.
-        let period = [idle, send]
+        // the send timeout after it stalled, a late head between 1 and 1.25 times the
+        // header timeout after the previous response.
+        let period = [idle, send, header]
             .into_iter()
             .filter(|d| !d.is_zero())
             .min()
@@ -455,7 +462,7 @@ impl Connection {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tick.tick(), if period.is_some() => match activity.check(idle, send) {
+                _ = tick.tick(), if period.is_some() => match activity.check(idle, send, header) {
                     Verdict::Fine => {}
                     Verdict::Idle => if !draining {
                         draining = true;
@@ -463,6 +470,11 @@ impl Connection {
                         tracing::debug!(%peer, "HTTP/2 connection idle; GOAWAY");
                         conn.as_mut().graceful_shutdown();
                     },
+                    Verdict::HeaderTimeout => {
+                        self.gw.metrics.connection_error(ConnectionError::HeaderTimeout);
+                        tracing::debug!(%peer, "no request head within the header timeout; closing");
+                        return;
+                    }
                     Verdict::SendStalled => {
                         self.gw.metrics.connection_error(ConnectionError::SendTimeout);
                         tracing::debug!(%peer, "client took no response bytes within the send timeout; closing");

@@ -1,8 +1,10 @@
 //! What a client connection is doing, for the timeouts that hyper does not enforce:
-//! the HTTP/2 idle timeout (no stream open for `idle_timeout`: GOAWAY) and the send
-//! timeout (a response the client does not take for `send_timeout`, because it stopped
-//! reading its socket or never opens its HTTP/2 flow-control window: the connection is
-//! closed, as nginx's `send_timeout` does).
+//! the HTTP/2 idle timeout (no stream open for `idle_timeout`: GOAWAY), the HTTP/1.1
+//! header timeout after a response (the next request head, or the keep-alive idle time
+//! before it, within `header_timeout`: else closed without an answer, as nginx does)
+//! and the send timeout (a response the client does not take for `send_timeout`,
+//! because it stopped reading its socket or never opens its HTTP/2 flow-control window:
+//! the connection is closed, as nginx's `send_timeout` does).
 //!
 //! Each request holds an [`InFlight`] guard from the moment hyper hands it over until
 //! its response body is dropped; the response body is wrapped in [`Tracked`], which
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 pub struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
-    /// Milliseconds since `started` when the last request in flight ended.
+    /// Milliseconds since `started` when the last request in flight ended (0: none yet).
     idle_since: AtomicU64,
     /// Set once a request came over HTTP/2 (the idle timeout applies).
     h2: AtomicBool,
@@ -49,6 +51,9 @@ pub enum Verdict {
     Idle,
     /// A response has waited for the client longer than the send timeout: close.
     SendStalled,
+    /// HTTP/1.1 with no request in flight for the header timeout since the last
+    /// response (the next head is late, or the keep-alive connection idle): close.
+    HeaderTimeout,
 }
 
 impl Default for Activity {
@@ -109,8 +114,10 @@ impl Activity {
         }
     }
 
-    /// Looks at the connection against the two timeouts (zero disables one).
-    pub fn check(&self, idle: Duration, send: Duration) -> Verdict {
+    /// Looks at the connection against the timeouts (zero disables one). The header
+    /// timeout is for HTTP/1.1 after its first response; the connection's first head is
+    /// the caller's (it may share a deadline with the TLS handshake).
+    pub fn check(&self, idle: Duration, send: Duration, header: Duration) -> Verdict {
         let now = self.now_ms();
         if !send.is_zero() {
             let limit = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
@@ -145,6 +152,16 @@ impl Activity {
                 return Verdict::Idle;
             }
         }
+        if !header.is_zero()
+            && !self.h2.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+        {
+            let since = self.idle_since.load(Ordering::Relaxed);
+            let limit = u64::try_from(header.as_millis()).unwrap_or(u64::MAX);
+            if since != 0 && now.saturating_sub(since) >= limit {
+                return Verdict::HeaderTimeout;
+            }
+        }
         Verdict::Fine
     }
 }
@@ -155,10 +172,10 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        if a.h2.load(Ordering::Relaxed) {
-            // Only HTTP/2 connections have an idle timeout to measure from here.
-            a.idle_since.store(a.now_ms(), Ordering::Relaxed);
-        } else {
+        // HTTP/2's idle timeout and HTTP/1's header timeout count from here (`max(1)`:
+        // 0 means no request has ended yet).
+        a.idle_since.store(a.now_ms().max(1), Ordering::Relaxed);
+        if !a.h2.load(Ordering::Relaxed) {
             // HTTP/1: this request's response, sent or abandoned, stalls nothing now.
             a.stall.store(0, Ordering::Relaxed);
         }
@@ -221,18 +238,44 @@ mod tests {
         let a = Arc::new(Activity::default());
         let ms = Duration::from_millis(1);
         // Nothing has come over HTTP/2 yet: the header timeout's business.
-        assert_eq!(a.check(ms, Duration::ZERO), Verdict::Fine);
+        assert_eq!(a.check(ms, Duration::ZERO, Duration::ZERO), Verdict::Fine);
         let g = a.begin(http::Version::HTTP_2);
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(a.check(ms, Duration::ZERO), Verdict::Fine);
+        assert_eq!(a.check(ms, Duration::ZERO, Duration::ZERO), Verdict::Fine);
         drop(g);
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(a.check(ms, Duration::ZERO), Verdict::Idle);
-        assert_eq!(a.check(Duration::ZERO, Duration::ZERO), Verdict::Fine);
+        assert_eq!(a.check(ms, Duration::ZERO, Duration::ZERO), Verdict::Idle);
+        assert_eq!(
+            a.check(Duration::ZERO, Duration::ZERO, Duration::ZERO),
+            Verdict::Fine
+        );
         let h1 = Arc::new(Activity::default());
         drop(h1.begin(http::Version::HTTP_11));
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(h1.check(ms, Duration::ZERO), Verdict::Fine);
+        assert_eq!(h1.check(ms, Duration::ZERO, Duration::ZERO), Verdict::Fine);
+    }
+
+    #[tokio::test]
+    async fn header_timeout_only_for_http1_between_requests() {
+        let ms = Duration::from_millis(1);
+        let z = Duration::ZERO;
+        let a = Arc::new(Activity::default());
+        // Before the first request: the connection's own first deadline decides.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(a.check(z, z, ms), Verdict::Fine);
+        let g = a.begin(http::Version::HTTP_11);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(a.check(z, z, ms), Verdict::Fine, "a request in flight");
+        drop(g);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(a.check(z, z, ms), Verdict::HeaderTimeout);
+        assert_eq!(a.check(z, z, Duration::from_secs(60)), Verdict::Fine);
+        assert_eq!(a.check(z, z, z), Verdict::Fine, "zero disables it");
+        // HTTP/2 has its idle timeout instead.
+        let h2 = Arc::new(Activity::default());
+        drop(h2.begin(http::Version::HTTP_2));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(h2.check(z, z, ms), Verdict::Fine);
     }
 
     #[test]
@@ -279,14 +322,18 @@ mod tests {
             assert!(first.is_some());
             std::thread::sleep(Duration::from_millis(30));
             assert_eq!(
-                a.check(Duration::ZERO, send),
+                a.check(Duration::ZERO, send, Duration::ZERO),
                 Verdict::SendStalled,
                 "{version:?}"
             );
             // Asked again: fine.
             assert!(t.frame().await.is_some());
             assert!(t.frame().await.is_none());
-            assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine, "{version:?}");
+            assert_eq!(
+                a.check(Duration::ZERO, send, Duration::ZERO),
+                Verdict::Fine,
+                "{version:?}"
+            );
             drop(t);
             assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
             // A response dropped while stalled leaves no mark behind.
@@ -294,7 +341,11 @@ mod tests {
             assert!(t.frame().await.is_some());
             drop(t);
             std::thread::sleep(Duration::from_millis(30));
-            assert_eq!(a.check(Duration::ZERO, send), Verdict::Fine, "{version:?}");
+            assert_eq!(
+                a.check(Duration::ZERO, send, Duration::ZERO),
+                Verdict::Fine,
+                "{version:?}"
+            );
         }
     }
 }

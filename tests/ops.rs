@@ -815,16 +815,40 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
     s.write_all(b"GET /echo/ok HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
+    let started = Instant::now();
     let got = read_to_close(&mut s).await;
     assert!(
         got.starts_with(b"HTTP/1.1 200 OK\r\n"),
         "{:?}",
         String::from_utf8_lossy(&got)
     );
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A keep-alive connection's second head, sent only in part after the first
+    // response, is cut the same way: one answer only, then the close.
+    let mut s = TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"GET /echo/ok HTTP/1.1\r\nHost: a\r\n\r\nGET /echo/second HTTP/1.1\r\nHost: a\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.contains("/echo/second"), "{text}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 
     metrics_until(g.status, |m| {
         m.get("portcullis_connection_errors_total{reason=\"header_timeout\"}")
-            .is_some_and(|v| *v >= 4.0)
+            .is_some_and(|v| *v >= 5.0)
     })
     .await;
 }
