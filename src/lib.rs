@@ -35,7 +35,7 @@
 //!
 //! The life of one request: the server accepts and calls `proxy::handle`, which loads
 //! the snapshot once (a reload midway doesn't affect it), computes the real client IP
-//! and runs `Exchange::run`, Kong's phases in order, one function each: `rewrite`
+//! and runs `Exchange::phases`, Kong's phases in order, one function each: `rewrite`
 //! (nginx's checks, the Host, the normalised path), `route` and `access` (the route,
 //! 404 if none; the plugin chain in priority order, the first plugin that answers
 //! wins), `upstream_request` and `balancer` (the request streamed to the service),

@@ -322,7 +322,11 @@ pub async fn handle(
         request_id,
         start,
     };
-    let (mut resp, mut info) = ex.run(req).await;
+    let mut info = Info::default();
+    // Kong's phases; the log phase runs when the response body ends (`log`).
+    let mut resp = match ex.phases(req, &mut info).await {
+        ControlFlow::Continue(resp) | ControlFlow::Break(resp) => resp,
+    };
     gateway_headers(resp.headers_mut(), &mut info, rid, start);
     log(resp, info, record, &gw, &snap, start)
 }
@@ -481,16 +485,6 @@ struct Sent {
 impl<'a> Exchange<'a> {
     fn error(&self, e: GatewayError, req_headers: &HeaderMap, method: &Method) -> Response<Body> {
         e.response(req_headers, method == Method::HEAD, self.request_id)
-    }
-
-    /// The life of one request, in Kong's phases; the log phase runs in `handle` when
-    /// the response body ends.
-    async fn run(&self, req: Request<Incoming>) -> (Response<Body>, Info) {
-        let mut info = Info::default();
-        let resp = match self.phases(req, &mut info).await {
-            ControlFlow::Continue(resp) | ControlFlow::Break(resp) => resp,
-        };
-        (resp, info)
     }
 
     /// Kong's phases in order; a phase that answers (`Break`) ends the request there.
@@ -982,6 +976,8 @@ impl<'a> Exchange<'a> {
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
+                // Via and the gateway's own headers, at once.
+                rparts.headers.reserve(6);
                 let via = match rparts.headers.get(header::VIA) {
                     Some(v) => HeaderValue::from_str(&format!(
                         "{}, {VIA_11}",
@@ -1091,12 +1087,19 @@ impl<'a> Exchange<'a> {
         version: Version,
     ) {
         strip_hop_by_hop(h);
-        h.remove(&PROXY);
+        // One pass over the client's names tells which of those set below it sent:
+        // most requests carry none, and then nothing is looked up, joined or removed.
+        let sent = Forwarded::scan(h);
+        if sent.proxy {
+            h.remove(&PROXY);
+        }
+        // Room for what is added below, at once rather than doubling on the way.
+        h.reserve(8);
 
         let trusted = self.gw.settings.trusted_ips.contains(self.peer.ip());
         // X-Forwarded-For: the client's list plus the TCP peer, else the real IP.
         let client_ip = ip_value(self.client_ip);
-        let xff = match joined(h, &X_FORWARDED_FOR) {
+        let xff = match sent.xff.then(|| joined(h, &X_FORWARDED_FOR)).flatten() {
             Some(list) => HeaderValue::from_str(&format!("{list}, {}", self.peer.ip())).ok(),
             None => Some(client_ip.clone()),
         };
@@ -1105,16 +1108,15 @@ impl<'a> Exchange<'a> {
         }
         h.insert(X_REAL_IP.clone(), client_ip);
         // A trusted proxy's own X-Forwarded-* values are kept.
-        let set = |h: &mut HeaderMap, name: &HeaderName, value: HeaderValue| {
-            if !trusted {
+        let set = |h: &mut HeaderMap, name: &HeaderName, present: bool, value: HeaderValue| {
+            if !trusted || !present {
                 h.insert(name.clone(), value);
-            } else if let http::header::Entry::Vacant(e) = h.entry(name.clone()) {
-                e.insert(value);
             }
         };
         set(
             h,
             &X_FORWARDED_PROTO,
+            sent.proto,
             HeaderValue::from_static(if self.listener.tls { "https" } else { "http" }),
         );
         if let Some(host) = host_raw {
@@ -1125,17 +1127,22 @@ impl<'a> Exchange<'a> {
                 HeaderValue::from_str(bare)
             };
             if let Ok(v) = v {
-                set(h, &X_FORWARDED_HOST, v);
+                set(h, &X_FORWARDED_HOST, sent.host, v);
             }
         }
-        set(h, &X_FORWARDED_PORT, port_value(self.listener.port));
+        set(
+            h,
+            &X_FORWARDED_PORT,
+            sent.port,
+            port_value(self.listener.port),
+        );
         if let Ok(v) = HeaderValue::from_str(raw_path) {
-            set(h, &X_FORWARDED_PATH, v);
+            set(h, &X_FORWARDED_PATH, sent.path, v);
         }
         match prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
-            Some(v) => set(h, &X_FORWARDED_PREFIX, v),
+            Some(v) => set(h, &X_FORWARDED_PREFIX, sent.prefix, v),
             None => {
-                if !trusted {
+                if !trusted && sent.prefix {
                     h.remove(&X_FORWARDED_PREFIX);
                 }
             }
@@ -1157,12 +1164,51 @@ impl<'a> Exchange<'a> {
             Version::HTTP_10 => VIA_10,
             _ => VIA_11,
         };
-        let via = match joined(h, &header::VIA) {
+        let via = match sent.via.then(|| joined(h, &header::VIA)).flatten() {
             Some(v) => HeaderValue::from_str(&format!("{v}, {ours}"))
                 .unwrap_or(HeaderValue::from_static(ours)),
             None => HeaderValue::from_static(ours),
         };
         h.insert(header::VIA, via);
+    }
+}
+
+/// Which of the headers the gateway sets upstream the client sent itself.
+#[derive(Default)]
+struct Forwarded {
+    proxy: bool,
+    xff: bool,
+    proto: bool,
+    host: bool,
+    port: bool,
+    path: bool,
+    prefix: bool,
+    via: bool,
+}
+
+impl Forwarded {
+    fn scan(h: &HeaderMap) -> Forwarded {
+        let mut f = Forwarded::default();
+        for name in h.keys() {
+            let n = name.as_str();
+            // Every name we look for is `proxy`, `via` or starts with `x-`.
+            if let Some(rest) = n.strip_prefix("x-forwarded-") {
+                match rest {
+                    "for" => f.xff = true,
+                    "proto" => f.proto = true,
+                    "host" => f.host = true,
+                    "port" => f.port = true,
+                    "path" => f.path = true,
+                    "prefix" => f.prefix = true,
+                    _ => {}
+                }
+            } else if name == header::VIA {
+                f.via = true;
+            } else if n == "proxy" {
+                f.proxy = true;
+            }
+        }
+        f
     }
 }
 
