@@ -36,11 +36,16 @@ use std::fmt;
 /// host header"): no control bytes, spaces or DEL, no `/` or `\\`, no `..`. Routing on
 /// such a Host while the upstream reads it another way is what it prevents.
 pub fn valid_host(host: &str) -> bool {
+    // One pass (`str::contains` sets up a substring searcher: ~450 instructions for
+    // a short Host, on every request).
+    let mut prev = 0u8;
     !host.is_empty()
-        && !host.contains("..")
-        && !host
-            .bytes()
-            .any(|b| b <= 0x20 || b == 0x7f || b == b'/' || b == b'\\')
+        && !host.bytes().any(|b| {
+            let bad =
+                b <= 0x20 || b == 0x7f || b == b'/' || b == b'\\' || (b == b'.' && prev == b'.');
+            prev = b;
+            bad
+        })
 }
 
 /// True when a normalized path holds an overlong UTF-8 form (a `C0`/`C1` lead byte,
@@ -732,7 +737,9 @@ mod tests {
         ] {
             assert!(valid_host(good), "{good}");
         }
-        for bad in ["", "a b", "a/b", "a\\b", "a..b", "a\tb", "a\u{7f}"] {
+        for bad in [
+            "", "a b", "a/b", "a\\b", "a..b", "..a", "a..", "a\tb", "a\u{7f}",
+        ] {
             assert!(!valid_host(bad), "{bad:?}");
         }
     }

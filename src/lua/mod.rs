@@ -466,6 +466,9 @@ fn err(e: &mlua::Error) -> LuaError {
 /// One plugin run's access to Lua and to the request.
 pub struct Session<'s, 'c> {
     engine: Option<&'s mut Engine>,
+    /// Whether the engine has been switched to this request (`Engine::begin`): only
+    /// when Lua really runs, not for templates rendered in Rust.
+    begun: bool,
     pub ctx: &'s mut RequestCtx<'c>,
     plugin: &'static str,
     captures: Option<Captures>,
@@ -484,6 +487,7 @@ pub fn session<R>(
     if !lua {
         let mut s = Session {
             engine: None,
+            begun: false,
             ctx,
             plugin,
             captures: None,
@@ -503,9 +507,9 @@ pub fn session<R>(
         let Some(engine) = slot.as_mut() else {
             return Err(LuaError::new("cannot start Lua"));
         };
-        engine.begin(ctx.request_id).map_err(|e| err(&e))?;
         let mut s = Session {
             engine: Some(engine),
+            begun: false,
             ctx,
             plugin,
             captures: None,
@@ -513,8 +517,9 @@ pub fn session<R>(
             exit: None,
         };
         let out = f(&mut s);
+        let begun = s.begun;
         drop(s);
-        if let Some(engine) = slot.as_mut() {
+        if begun && let Some(engine) = slot.as_mut() {
             // The first session that leaves per-request tables gives the request the
             // guard that frees them once it ends.
             if engine.has_request_tables() && ctx.extensions.get::<LuaRequest>().is_none() {
@@ -609,14 +614,22 @@ impl Session<'_, '_> {
     }
 
     fn engine(&mut self) -> Result<&mut Engine, LuaError> {
-        self.engine
+        let id = self.ctx.request_id;
+        let engine = self
+            .engine
             .as_deref_mut()
-            .ok_or_else(|| LuaError::new("Lua is not enabled for this plugin run"))
+            .ok_or_else(|| LuaError::new("Lua is not enabled for this plugin run"))?;
+        if !self.begun {
+            engine.begin(id).map_err(|e| err(&e))?;
+            self.begun = true;
+        }
+        Ok(engine)
     }
 
     /// Calls `func` with the request moved into the VM (cheap moves, no copies),
     /// within the instruction budget, and moves it back whatever happens.
     fn call(&mut self, func: &Function) -> Result<Value, LuaError> {
+        self.engine()?;
         let Some(engine) = self.engine.as_deref_mut() else {
             return Err(LuaError::new("Lua is not enabled for this plugin run"));
         };

@@ -14,7 +14,7 @@
 //! `Template::may_vary`), so trying here first changes nothing but the cost.
 
 use super::args::{ArgValue, Args};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
 
 /// A template compiled for [`render`](Native::render).
@@ -36,7 +36,7 @@ enum Expr {
     Nil,
     Bool(bool),
     Str(Vec<u8>),
-    Header(Vec<u8>),
+    Header(HeaderKey),
     Query(Vec<u8>),
     Sub(Box<Expr>, i64, Option<i64>),
     Concat(Box<Expr>, Box<Expr>),
@@ -151,7 +151,7 @@ impl Expr {
             Expr::Nil => Val::Nil,
             Expr::Bool(b) => Val::Bool(*b),
             Expr::Str(s) => Val::Str(Cow::Borrowed(s)),
-            Expr::Header(name) => header(input.headers, name)?,
+            Expr::Header(key) => header(input.headers, key)?,
             Expr::Query(name) => {
                 let args = input.query.ok_or(Fallback)?;
                 match args.get(name).map(Vec::as_slice) {
@@ -190,10 +190,57 @@ impl Expr {
     }
 }
 
+/// A `headers.X` key, resolved at compile time to the names the template environment's
+/// view looks up (`pdk::header_view`): the key as written when it is lower case, then
+/// the key lower-cased with `_` as `-` when it has upper case or `_`.
+#[derive(Debug)]
+struct HeaderKey {
+    /// The key itself (lower case only); `None`: not tried.
+    direct: Option<HeaderName>,
+    /// The normalised key, tried when `direct` finds nothing (or is not tried).
+    normalized: Option<HeaderName>,
+    /// Whether the normalised key is tried at all.
+    normalize: bool,
+}
+
+impl HeaderKey {
+    fn new(key: &[u8]) -> HeaderKey {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return HeaderKey {
+                direct: None,
+                normalized: None,
+                normalize: false,
+            };
+        };
+        let upper = key.bytes().any(|b| b.is_ascii_uppercase());
+        let norm = key.to_ascii_lowercase().replace('_', "-");
+        HeaderKey {
+            direct: (!upper)
+                .then(|| HeaderName::from_bytes(key.as_bytes()).ok())
+                .flatten(),
+            normalized: HeaderName::from_bytes(norm.as_bytes()).ok(),
+            normalize: upper || key.contains('_'),
+        }
+    }
+
+    fn lookup<'h>(&self, h: &'h HeaderMap) -> Option<http::header::GetAll<'h, HeaderValue>> {
+        if let Some(d) = &self.direct {
+            let all = h.get_all(d);
+            if all.iter().next().is_some() {
+                return Some(all);
+            }
+        }
+        if !self.normalize {
+            return None;
+        }
+        self.normalized.as_ref().map(|n| h.get_all(n))
+    }
+}
+
 /// `headers[name]` as the template environment's view gives it (one value: a string;
 /// several: a table, which only Lua can hold).
-fn header<'a>(h: &'a HeaderMap, name: &[u8]) -> Result<Val<'a>, Fallback> {
-    let Some(all) = super::pdk::header_view(h, name) else {
+fn header<'a>(h: &'a HeaderMap, key: &HeaderKey) -> Result<Val<'a>, Fallback> {
+    let Some(all) = key.lookup(h) else {
         return Ok(Val::Nil);
     };
     let mut values = all.iter();
@@ -420,7 +467,7 @@ impl Parser {
                 "nil" => Some(Expr::Nil),
                 "true" => Some(Expr::Bool(true)),
                 "false" => Some(Expr::Bool(false)),
-                "headers" => Some(Expr::Header(self.field()?)),
+                "headers" => Some(Expr::Header(HeaderKey::new(&self.field()?))),
                 "query_params" => Some(Expr::Query(self.field()?)),
                 _ => None,
             },

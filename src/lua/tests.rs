@@ -383,7 +383,7 @@ fn native_templates_agree_with_lua() {
         "Bearer $(headers.apikey)",
         "$(headers.x:sub(2, -2)) and $(headers['x']:sub(-3))",
         "$(headers.x .. '/' .. query_params.q)",
-        "$(not headers.x) $(headers.x == query_params.q) $(headers.X_Y ~= nil)",
+        "$(not headers.x) $(headers.x == query_params.q) $(headers.X_Y ~= nil) [$(headers.x_y)] [$(headers.X)]",
         "$(headers.x:sub(0)) $(headers.x:sub(5, 2)) $(headers.x:sub(-100, 100))",
         "$(query_params.flag)-$(query_params[\"q\"])",
         "$(nil) $(false) $(true) $(nil == false) $(headers.missing or 'dflt')",
