@@ -16,6 +16,11 @@ pub struct ConsumerRt {
     pub groups: Vec<String>,
     /// `X-Consumer-Groups` value: groups joined with ", ".
     pub groups_header: Option<HeaderValue>,
+    /// `X-Consumer-Id`, `X-Consumer-Username`, `X-Consumer-Custom-Id` values, made
+    /// once here rather than on every authenticated request.
+    pub id_header: Option<HeaderValue>,
+    pub username_header: Option<HeaderValue>,
+    pub custom_id_header: Option<HeaderValue>,
 }
 
 #[derive(Debug)]
@@ -80,12 +85,16 @@ impl Consumers {
             let groups_header = (!groups.is_empty())
                 .then(|| HeaderValue::from_str(&groups.join(", ")).ok())
                 .flatten();
+            let value = |v: Option<&str>| v.and_then(|v| HeaderValue::from_str(v).ok());
             c.list.push(ConsumerRt {
                 id: con.id.clone(),
                 username: con.username.clone(),
                 custom_id: con.custom_id.clone(),
                 groups,
                 groups_header,
+                id_header: value(Some(&con.id)),
+                username_header: value(con.username.as_deref()),
+                custom_id_header: value(con.custom_id.as_deref()),
             });
             c.by_ref.insert(con.id.clone(), i);
             if let Some(u) = &con.username {

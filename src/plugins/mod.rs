@@ -351,14 +351,16 @@ static X_CONSUMER_USERNAME: HeaderName = HeaderName::from_static("x-consumer-use
 static X_CREDENTIAL_IDENTIFIER: HeaderName = HeaderName::from_static("x-credential-identifier");
 static X_ANONYMOUS_CONSUMER: HeaderName = HeaderName::from_static("x-anonymous-consumer");
 
-fn set_or_clear(h: &mut HeaderMap, name: &HeaderName, v: Option<&str>) {
-    match v.and_then(|v| HeaderValue::from_str(v).ok()) {
+/// `name` set to `v`, or removed when there is no value and the client sent one.
+fn set_or_clear(h: &mut HeaderMap, name: &HeaderName, v: Option<HeaderValue>, sent: bool) {
+    match v {
         Some(v) => {
             h.insert(name.clone(), v);
         }
-        None => {
+        None if sent => {
             h.remove(name);
         }
+        None => {}
     }
 }
 
@@ -369,23 +371,54 @@ pub(crate) fn set_consumer(
     consumer: Option<usize>,
     credential: Option<String>,
 ) {
+    // Which of them the client sent (most requests: none, and nothing is removed).
+    let mut sent = [false; 5];
+    for name in req.headers.keys() {
+        if let Some(rest) = name.as_str().strip_prefix("x-") {
+            match rest {
+                "consumer-id" => sent[0] = true,
+                "consumer-custom-id" => sent[1] = true,
+                "consumer-username" => sent[2] = true,
+                "credential-identifier" => sent[3] = true,
+                "anonymous-consumer" => sent[4] = true,
+                _ => {}
+            }
+        }
+    }
     let c = consumer.and_then(|i| req.consumers.list.get(i));
-    set_or_clear(req.headers, &X_CONSUMER_ID, c.map(|c| c.id.as_str()));
+    let h = &mut *req.headers;
     set_or_clear(
-        req.headers,
+        h,
+        &X_CONSUMER_ID,
+        c.and_then(|c| c.id_header.clone()),
+        sent[0],
+    );
+    set_or_clear(
+        h,
         &X_CONSUMER_CUSTOM_ID,
-        c.and_then(|c| c.custom_id.as_deref()),
+        c.and_then(|c| c.custom_id_header.clone()),
+        sent[1],
     );
     set_or_clear(
-        req.headers,
+        h,
         &X_CONSUMER_USERNAME,
-        c.and_then(|c| c.username.as_deref()),
+        c.and_then(|c| c.username_header.clone()),
+        sent[2],
     );
-    set_or_clear(req.headers, &X_CREDENTIAL_IDENTIFIER, credential.as_deref());
+    set_or_clear(
+        h,
+        &X_CREDENTIAL_IDENTIFIER,
+        credential
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok()),
+        sent[3],
+    );
     if credential.is_some() {
-        req.headers.remove(&X_ANONYMOUS_CONSUMER);
+        if sent[4] {
+            h.remove(&X_ANONYMOUS_CONSUMER);
+        }
     } else {
-        req.headers.insert(
+        h.insert(
             X_ANONYMOUS_CONSUMER.clone(),
             HeaderValue::from_static("true"),
         );
