@@ -886,6 +886,8 @@ impl<'a> Exchange<'a> {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
                 body::full(b)
             }
+            // No body at all (a GET): nothing to box or poll.
+            (None, Some(s)) if http_body::Body::is_end_stream(&s) => body::empty(),
             (None, Some(s)) => s
                 .map_err(|e| Box::new(upstream::ClientBodyError(e)) as crate::body::BoxError)
                 .boxed(),
