@@ -263,6 +263,7 @@ async fn connect(
     let io = connector.call(uri).await?;
     let (tx, conn) = http1::Builder::new()
         .max_buf_size(UPSTREAM_READ_BUF)
+        .writev(false)
         .handshake::<_, Body>(io)
         .await?;
     tokio::spawn(async move {
