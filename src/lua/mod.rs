@@ -79,6 +79,8 @@ struct ChunkInner {
     name: String,
     code: String,
     kind: Kind,
+    /// The source mentions `shared` (`kong.ctx.shared`): see [`Chunk::reads_shared`].
+    shared: bool,
 }
 
 /// Lua source that passed the syntax check at config load.
@@ -92,6 +94,12 @@ impl Chunk {
 
     pub fn source(&self) -> &str {
         &self.0.code
+    }
+
+    /// Whether the source mentions `shared`, found once at load (a template that may
+    /// read `kong.ctx.shared` can render differently twice in one request).
+    pub fn reads_shared(&self) -> bool {
+        self.0.shared
     }
 }
 
@@ -122,6 +130,7 @@ pub(crate) fn compile_chunk(name: &str, code: String, kind: Kind) -> Result<Chun
     Ok(Chunk(Arc::new(ChunkInner {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         name: name.to_string(),
+        shared: code.contains("shared"),
         code,
         kind,
     })))

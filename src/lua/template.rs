@@ -47,7 +47,7 @@ impl Template {
     /// through `shared` (kong.ctx.shared can hold a pre-function's closures); the
     /// rest of the template environment is read-only data and pure functions.
     pub fn may_vary(&self) -> bool {
-        matches!(self, Template::Lua(c, _) if c.source().contains("shared"))
+        matches!(self, Template::Lua(c, _) if c.reads_shared())
     }
 }
 
