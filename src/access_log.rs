@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::body::{Body, BoxError};
+use crate::body::{BoxError, ResponseBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -168,7 +168,7 @@ fn escape(s: &str) -> String {
 /// client goes away), writes the log line (if logging is on) and counts the request
 /// in the metrics.
 pub struct LoggedBody {
-    inner: Body,
+    inner: ResponseBody,
     bytes: u64,
     record: Option<Box<Record>>,
     metrics: Option<crate::metrics::Finish>,
@@ -176,7 +176,7 @@ pub struct LoggedBody {
 
 impl LoggedBody {
     pub fn new(
-        inner: Body,
+        inner: ResponseBody,
         record: Option<Box<Record>>,
         metrics: crate::metrics::Finish,
     ) -> LoggedBody {

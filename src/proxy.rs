@@ -2,7 +2,7 @@
 //! route, plugin chain, upstream exchange, response hooks, access log.
 
 use crate::access_log::{self, LoggedBody, Record};
-use crate::body::{self, Body};
+use crate::body::{self, Body, ResponseBody};
 use crate::config::model::Route;
 use crate::config::snapshot::{ChainLink, CompiledRoute, Snapshot, UpstreamTarget};
 pub use crate::context::{Listener, captures_json};
@@ -325,7 +325,8 @@ pub async fn handle(
     let mut info = Info::default();
     // Kong's phases; the log phase runs when the response body ends (`log`).
     let mut resp = match ex.phases(req, &mut info).await {
-        ControlFlow::Continue(resp) | ControlFlow::Break(resp) => resp,
+        ControlFlow::Continue(resp) => resp,
+        ControlFlow::Break(resp) => resp.map(ResponseBody::Other),
     };
     gateway_headers(resp.headers_mut(), &mut info, rid, start);
     log(resp, info, record, &gw, &snap, start)
@@ -376,7 +377,7 @@ fn gateway_headers(h: &mut HeaderMap, info: &mut Info, rid: RequestId, start: In
 
 /// log: the access log line and the metrics, written when the response body ends.
 fn log(
-    resp: Response<Body>,
+    resp: Response<ResponseBody>,
     mut info: Info,
     mut record: Option<Box<Record>>,
     gw: &Gateway,
@@ -488,7 +489,11 @@ impl<'a> Exchange<'a> {
     }
 
     /// Kong's phases in order; a phase that answers (`Break`) ends the request there.
-    async fn phases(&self, req: Request<Incoming>, info: &mut Info) -> Phase<Response<Body>> {
+    async fn phases(
+        &self,
+        req: Request<Incoming>,
+        info: &mut Info,
+    ) -> Phase<Response<ResponseBody>> {
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
         // rewrite: nginx's checks, the Host, the normalised path
@@ -1260,13 +1265,15 @@ fn body_filter(
     mcp: Option<crate::mcp::Exchange>,
     rparts: &mut http::response::Parts,
     rbody: Incoming,
-) -> Body {
-    let body = rbody
-        .map_err(|e| Box::new(e) as crate::body::BoxError)
-        .boxed();
+) -> ResponseBody {
     match mcp.and_then(|e| e.filter) {
-        Some(f) => crate::mcp::filter_response(f, rparts, body),
-        None => body,
+        Some(f) => {
+            let body = rbody
+                .map_err(|e| Box::new(e) as crate::body::BoxError)
+                .boxed();
+            ResponseBody::Other(crate::mcp::filter_response(f, rparts, body))
+        }
+        None => ResponseBody::Upstream(rbody),
     }
 }
 
