@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::LazyLock;
 
-use atc_router::ast::{Expression, LogicalExpression, Type, Value};
+use atc_router::ast::{BinaryOperator, Expression, LogicalExpression, Type, Value};
 use atc_router::context::{Context, Match};
 use atc_router::interpreter::Execute;
 use atc_router::parser::parse;
@@ -282,6 +282,45 @@ pub(super) struct ExprRouter {
     routes: Vec<ExprRoute>,
     /// Every field some expression uses, sorted by name.
     fields: Vec<Field>,
+    /// When every route has one: the path tests (see [`PathGate`]). A request whose path
+    /// passes none of them matches no expression route, and no context is built for it.
+    gates: Option<Vec<PathGate>>,
+}
+
+/// A test on the path that every match of a route needs: a conjunct `http.path == "…"` or
+/// `http.path ^= "…"` of its expression (at the top level, under `&&` only).
+#[derive(Debug, PartialEq)]
+enum PathGate {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathGate {
+    fn of(e: &Expression) -> Option<PathGate> {
+        match e {
+            Expression::Logical(l) => match l.as_ref() {
+                LogicalExpression::And(a, b) => PathGate::of(a).or_else(|| PathGate::of(b)),
+                _ => None,
+            },
+            Expression::Predicate(p)
+                if p.lhs.var_name == "http.path" && p.lhs.transformations.is_empty() =>
+            {
+                match (&p.op, &p.rhs) {
+                    (BinaryOperator::Equals, Value::String(s)) => Some(PathGate::Exact(s.clone())),
+                    (BinaryOperator::Prefix, Value::String(s)) => Some(PathGate::Prefix(s.clone())),
+                    _ => None,
+                }
+            }
+            Expression::Predicate(_) => None,
+        }
+    }
+
+    fn admits(&self, path: &str) -> bool {
+        match self {
+            PathGate::Exact(p) => path == p,
+            PathGate::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
 }
 
 impl fmt::Debug for ExprRouter {
@@ -366,15 +405,23 @@ impl ExprRouter {
             return Err(errors);
         }
         compiled.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.route.cmp(&b.route)));
+        let gates = compiled.iter().map(|r| PathGate::of(&r.ast)).collect();
         Ok(ExprRouter {
             engine,
             routes: compiled,
             fields,
+            gates,
         })
     }
 
     /// The best expression route matching the request.
     pub(super) fn find(&self, r: &Req<'_>) -> Option<RouteMatch> {
+        if let Some(gates) = &self.gates {
+            let path = std::str::from_utf8(r.path).ok()?;
+            if !gates.iter().any(|g| g.admits(path)) {
+                return None;
+            }
+        }
         let mut ctx = self.context(r);
         if !self.engine.execute(&mut ctx) {
             return None;
@@ -584,4 +631,33 @@ fn captures_of(m: &Match) -> Captures {
 #[cfg(test)]
 pub(super) fn tests_parse_query(q: &str) -> Vec<(String, String)> {
     parse_query(Some(q))
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    fn gate(expr: &str) -> Option<PathGate> {
+        PathGate::of(&parse(expr).unwrap())
+    }
+
+    #[test]
+    fn path_gates_only_from_top_level_conjuncts() {
+        assert_eq!(
+            gate(r#"http.path == "/rest/v1/""#),
+            Some(PathGate::Exact("/rest/v1/".into()))
+        );
+        assert_eq!(
+            gate(r#"(http.method == "GET" && http.path ^= "/a") && net.protocol == "http""#),
+            Some(PathGate::Prefix("/a".into()))
+        );
+        // Not a condition every match needs, or not on the path as it is.
+        assert_eq!(gate(r#"http.path == "/a" || http.path == "/b""#), None);
+        assert_eq!(gate(r#"!(http.path == "/a")"#), None);
+        assert_eq!(gate(r#"lower(http.path) == "/a""#), None);
+        assert_eq!(gate(r#"http.path ~ "^/a""#), None);
+        assert_eq!(gate(r#"http.host == "a""#), None);
+        assert!(PathGate::Prefix("/a".into()).admits("/ab"));
+        assert!(!PathGate::Exact("/a".into()).admits("/ab"));
+    }
 }
