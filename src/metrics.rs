@@ -26,12 +26,13 @@
 
 use crate::error::GatewayError;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -42,17 +43,19 @@ const BUCKETS: [f64; 14] = [
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+// Route and service names are the snapshot's own `Arc<str>`s: a series costs no copy
+// of them (10,000 routes each with its series would otherwise hold ~10 copies apiece).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    service: String,
+    route: Arc<str>,
+    service: Arc<str>,
     status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
-    service: String,
+    route: Arc<str>,
+    service: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,10 +117,63 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, Histogram>;
 
-fn histogram() -> Histogram {
-    Histogram::new(BUCKETS)
+/// A classic histogram over [`BUCKETS`] (plus `+Inf`), encoded exactly like
+/// prometheus-client's, in one fixed-size block of atomics: prometheus-client's own
+/// keeps a mutex, a bucket `Vec` of (bound, count) pairs and native-histogram state
+/// per series, about three times the bytes, and a route has two of them.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// The sum of the observed values, as `f64` bits.
+    sum: AtomicU64,
+    /// Per bucket (not cumulative); the last is `+Inf`. The count is their total.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+}
+
+impl Histogram {
+    pub fn observe(&self, v: f64) {
+        // The first bucket whose bound is >= v; NaN (and anything above 60 s) in +Inf.
+        let i = BUCKETS
+            .iter()
+            .position(|b| *b >= v)
+            .unwrap_or(BUCKETS.len());
+        self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .inner
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(f64::INFINITY, 0u64); BUCKETS.len() + 1];
+        for (i, (bound, count)) in buckets.iter_mut().enumerate() {
+            if let Some(b) = BUCKETS.get(i) {
+                *bound = *b;
+            }
+            *count = self.inner.buckets[i].load(Ordering::Relaxed);
+        }
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        let sum = f64::from_bits(self.inner.sum.load(Ordering::Relaxed));
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// Why a connection was closed without a normal answer.
@@ -176,8 +232,6 @@ pub struct Metrics {
     /// The request counts and upstream latencies alone, for the dashboard's sampler
     /// (`dashboard::traffic`), which reads them once a second off the hot path.
     traffic: Registry,
-    /// route name → service name → handles, so the hot path allocates nothing.
-    routes: RwLock<HashMap<String, HashMap<String, Arc<RouteHandles>>>>,
 }
 
 impl Default for Metrics {
@@ -196,9 +250,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("portcullis");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency: HistogramFamily<RouteLabels> = Family::new_with_constructor(histogram);
-        let upstream_latency: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(histogram);
+        let latency = HistogramFamily::<RouteLabels>::default();
+        let upstream_latency = HistogramFamily::<RouteLabels>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let open_connections = Family::<ListenerLabels, Gauge>::default();
         let connections = Family::<ListenerLabels, Counter>::default();
@@ -294,36 +347,29 @@ impl Metrics {
             ratelimit_redis_errors,
             generation,
             draining,
-            routes: RwLock::new(HashMap::new()),
         }
     }
 
     /// The handles of one (route, service) pair; empty strings when no route matched.
-    pub fn route(&self, route: &str, service: &str) -> Arc<RouteHandles> {
-        {
-            let map = self.routes.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(h) = map.get(route).and_then(|s| s.get(service)) {
-                return Arc::clone(h);
-            }
-        }
-        let mut map = self.routes.write().unwrap_or_else(PoisonError::into_inner);
-        let by_service = map.entry(route.to_string()).or_default();
-        let h = by_service.entry(service.to_string()).or_insert_with(|| {
-            let labels = RouteLabels {
-                route: route.to_string(),
-                service: service.to_string(),
-            };
-            Arc::new(RouteHandles {
-                requests: self.requests.clone(),
-                latency: self.latency.clone(),
-                upstream_latency: self.upstream_latency.clone(),
-                labels,
-                by_class: Default::default(),
-                total: OnceLock::new(),
-                upstream: OnceLock::new(),
-            })
-        });
-        Arc::clone(h)
+    /// Called once per route and config snapshot (the snapshot keeps the handles), so
+    /// the hot path allocates nothing; the series themselves live in the families.
+    pub fn route(
+        &self,
+        route: impl Into<Arc<str>>,
+        service: impl Into<Arc<str>>,
+    ) -> Arc<RouteHandles> {
+        Arc::new(RouteHandles {
+            requests: self.requests.clone(),
+            latency: self.latency.clone(),
+            upstream_latency: self.upstream_latency.clone(),
+            labels: RouteLabels {
+                route: route.into(),
+                service: service.into(),
+            },
+            by_class: Default::default(),
+            total: OnceLock::new(),
+            upstream: OnceLock::new(),
+        })
     }
 
     pub fn upstream_error(&self, service: &str, kind: &GatewayError) {

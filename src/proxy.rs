@@ -597,8 +597,11 @@ impl<'a> Exchange<'a> {
         info.service = compiled.upstream.as_ref().map(|u| Arc::clone(&u.name));
         info.metrics = Some(Arc::clone(compiled.metrics.get_or_init(|| {
             self.gw.metrics.route(
-                &compiled.name,
-                compiled.upstream.as_ref().map_or("", |u| &u.name),
+                Arc::clone(&compiled.name),
+                compiled
+                    .upstream
+                    .as_ref()
+                    .map_or_else(|| Arc::from(""), |u| Arc::clone(&u.name)),
             )
         })));
 
