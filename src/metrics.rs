@@ -27,13 +27,14 @@
 use crate::error::GatewayError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Latency buckets in seconds: 1 ms to 60 s (Kong's service timeouts default to 60 s).
@@ -117,62 +118,119 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
-type HistogramFamily<L> = Family<L, Histogram>;
-
-/// A classic histogram over [`BUCKETS`] (plus `+Inf`), encoded exactly like
-/// prometheus-client's, in one fixed-size block of atomics: prometheus-client's own
-/// keeps a mutex, a bucket `Vec` of (bound, count) pairs and native-histogram state
-/// per series, about three times the bytes, and a route has two of them.
-#[derive(Clone, Debug, Default)]
-pub struct Histogram {
-    inner: Arc<HistogramInner>,
-}
-
+/// A classic histogram over [`BUCKETS`] (plus `+Inf`) in a fixed block of atomics,
+/// encoded exactly like prometheus-client's `Histogram` (which keeps a mutex, a bucket
+/// `Vec` of (bound, count) pairs and native-histogram state per series: about three
+/// times the bytes, and a route has two).
 #[derive(Debug, Default)]
-struct HistogramInner {
+struct HistogramData {
     /// The sum of the observed values, as `f64` bits.
     sum: AtomicU64,
     /// Per bucket (not cumulative); the last is `+Inf`. The count is their total.
     buckets: [AtomicU64; BUCKETS.len() + 1],
 }
 
-impl Histogram {
-    pub fn observe(&self, v: f64) {
+impl HistogramData {
+    fn observe(&self, v: f64) {
         // The first bucket whose bound is >= v; NaN (and anything above 60 s) in +Inf.
         let i = BUCKETS
             .iter()
             .position(|b| *b >= v)
             .unwrap_or(BUCKETS.len());
-        self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
         let _ = self
-            .inner
             .sum
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
                 Some((f64::from_bits(bits) + v).to_bits())
             });
     }
-}
 
-impl TypedMetric for Histogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
+    fn is_empty(&self) -> bool {
+        self.buckets.iter().all(|b| b.load(Ordering::Relaxed) == 0)
+    }
 
-impl EncodeMetric for Histogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let mut buckets = [(f64::INFINITY, 0u64); BUCKETS.len() + 1];
         for (i, (bound, count)) in buckets.iter_mut().enumerate() {
             if let Some(b) = BUCKETS.get(i) {
                 *bound = *b;
             }
-            *count = self.inner.buckets[i].load(Ordering::Relaxed);
+            *count = self.buckets[i].load(Ordering::Relaxed);
         }
         let count = buckets.iter().map(|(_, c)| c).sum();
-        let sum = f64::from_bits(self.inner.sum.load(Ordering::Relaxed));
+        let sum = f64::from_bits(self.sum.load(Ordering::Relaxed));
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+/// Every (route, service) pair's series, by labels: a reloaded config's route finds its
+/// series (and counts) again here.
+type RouteSeries = Arc<RwLock<HashMap<RouteLabels, Arc<RouteHandles>>>>;
+
+/// Which of a route's series a registered metric shows.
+#[derive(Clone, Copy, Debug)]
+enum RouteView {
+    Requests,
+    Latency,
+    UpstreamLatency,
+}
+
+/// `http_requests_total`, `request_duration_seconds` or `upstream_duration_seconds`, as a
+/// prometheus-client `Family` would encode them: a series shows once it has counted
+/// something (a `Family` member shows once created, and it is created on first use).
+#[derive(Clone, Debug)]
+struct RouteMetric {
+    series: RouteSeries,
+    view: RouteView,
+}
+
+impl EncodeMetric for RouteMetric {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let map = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        for h in map.values() {
+            match self.view {
+                RouteView::Requests => {
+                    for (i, c) in h.by_class.iter().enumerate() {
+                        let n = c.load(Ordering::Relaxed);
+                        if n == 0 {
+                            continue;
+                        }
+                        let labels = RequestLabels {
+                            route: Arc::clone(&h.labels.route),
+                            service: Arc::clone(&h.labels.service),
+                            status_class: CLASSES[i],
+                        };
+                        encoder
+                            .encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, u64, u64>(&n, None)?;
+                    }
+                }
+                RouteView::Latency if !h.total.is_empty() => {
+                    h.total.encode(encoder.encode_family(&h.labels)?)?;
+                }
+                RouteView::UpstreamLatency if !h.upstream.is_empty() => {
+                    h.upstream.encode(encoder.encode_family(&h.labels)?)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn metric_type(&self) -> MetricType {
-        Self::TYPE
+        match self.view {
+            RouteView::Requests => MetricType::Counter,
+            _ => MetricType::Histogram,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        let map = self.series.read().unwrap_or_else(PoisonError::into_inner);
+        map.values().all(|h| match self.view {
+            RouteView::Requests => h.by_class.iter().all(|c| c.load(Ordering::Relaxed) == 0),
+            RouteView::Latency => h.total.is_empty(),
+            RouteView::UpstreamLatency => h.upstream.is_empty(),
+        })
     }
 }
 
@@ -216,9 +274,9 @@ pub enum ReloadOutcome {
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: HistogramFamily<RouteLabels>,
-    upstream_latency: HistogramFamily<RouteLabels>,
+    /// The per-route series behind `http_requests`, `request_duration` and
+    /// `upstream_duration`.
+    routes: RouteSeries,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Counter>,
@@ -249,9 +307,14 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("portcullis");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = HistogramFamily::<RouteLabels>::default();
-        let upstream_latency = HistogramFamily::<RouteLabels>::default();
+        let routes = RouteSeries::default();
+        let view = |view| RouteMetric {
+            series: Arc::clone(&routes),
+            view,
+        };
+        let requests = view(RouteView::Requests);
+        let latency = view(RouteView::Latency);
+        let upstream_latency = view(RouteView::UpstreamLatency);
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let open_connections = Family::<ListenerLabels, Gauge>::default();
         let connections = Family::<ListenerLabels, Counter>::default();
@@ -336,9 +399,7 @@ impl Metrics {
             traffic,
             mcp,
             mcp_names: RwLock::new(Default::default()),
-            requests,
-            latency,
-            upstream_latency,
+            routes,
             upstream_errors,
             open_connections,
             connections,
@@ -350,26 +411,27 @@ impl Metrics {
         }
     }
 
-    /// The handles of one (route, service) pair; empty strings when no route matched.
+    /// The series of one (route, service) pair; empty strings when no route matched.
     /// Called once per route and config snapshot (the snapshot keeps the handles), so
-    /// the hot path allocates nothing; the series themselves live in the families.
+    /// the hot path allocates nothing.
     pub fn route(
         &self,
         route: impl Into<Arc<str>>,
         service: impl Into<Arc<str>>,
     ) -> Arc<RouteHandles> {
-        Arc::new(RouteHandles {
-            requests: self.requests.clone(),
-            latency: self.latency.clone(),
-            upstream_latency: self.upstream_latency.clone(),
-            labels: RouteLabels {
-                route: route.into(),
-                service: service.into(),
-            },
-            by_class: Default::default(),
-            total: OnceLock::new(),
-            upstream: OnceLock::new(),
-        })
+        let labels = RouteLabels {
+            route: route.into(),
+            service: service.into(),
+        };
+        let mut map = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(labels).or_insert_with_key(|labels| {
+            Arc::new(RouteHandles {
+                labels: labels.clone(),
+                by_class: Default::default(),
+                total: HistogramData::default(),
+                upstream: HistogramData::default(),
+            })
+        }))
     }
 
     pub fn upstream_error(&self, service: &str, kind: &GatewayError) {
@@ -503,39 +565,24 @@ impl Drop for OpenConnection {
     }
 }
 
-/// The series of one (route, service) pair, created on first use.
+/// The series of one (route, service) pair: its request counts by status class and
+/// its two latency histograms, in one block.
+#[derive(Debug)]
 pub struct RouteHandles {
-    requests: Family<RequestLabels, Counter>,
-    latency: HistogramFamily<RouteLabels>,
-    upstream_latency: HistogramFamily<RouteLabels>,
     labels: RouteLabels,
-    by_class: [OnceLock<Counter>; 5],
-    total: OnceLock<Histogram>,
-    upstream: OnceLock<Histogram>,
+    by_class: [AtomicU64; 5],
+    total: HistogramData,
+    upstream: HistogramData,
 }
 
 impl RouteHandles {
-    fn counter(&self, status: u16) -> &Counter {
-        let i = usize::from((status / 100).clamp(1, 5)) - 1;
-        self.by_class[i].get_or_init(|| {
-            self.requests.get_or_create_owned(&RequestLabels {
-                route: self.labels.route.clone(),
-                service: self.labels.service.clone(),
-                status_class: CLASSES[i],
-            })
-        })
-    }
-
     /// Counts one finished request.
     pub fn observe(&self, status: u16, total: Duration, upstream: Option<Duration>) {
-        self.counter(status).inc();
-        self.total
-            .get_or_init(|| self.latency.get_or_create_owned(&self.labels))
-            .observe(total.as_secs_f64());
+        let i = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.by_class[i].fetch_add(1, Ordering::Relaxed);
+        self.total.observe(total.as_secs_f64());
         if let Some(u) = upstream {
-            self.upstream
-                .get_or_init(|| self.upstream_latency.get_or_create_owned(&self.labels))
-                .observe(u.as_secs_f64());
+            self.upstream.observe(u.as_secs_f64());
         }
     }
 }
