@@ -127,6 +127,12 @@ pub fn decode(root: &Node, ctx: &mut Ctx<'_>) -> Config {
 
     resolve(&mut cfg, pending, ctx);
     check_uniqueness(&cfg, ctx);
+    // The config lives as long as its snapshot: no spare capacity (10,000 routes grown
+    // one push at a time leave 6,384 empty `Route` slots, 1.5 MiB).
+    cfg.services.shrink_to_fit();
+    cfg.routes.shrink_to_fit();
+    cfg.consumers.shrink_to_fit();
+    cfg.plugins.shrink_to_fit();
     cfg
 }
 
@@ -672,6 +678,10 @@ fn decode_route(
         _ => {}
     }
 
+    methods.shrink_to_fit();
+    hosts.shrink_to_fit();
+    headers.shrink_to_fit();
+    paths.shrink_to_fit();
     cfg.routes.push(Route {
         id,
         name,

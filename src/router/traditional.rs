@@ -197,11 +197,7 @@ impl Router {
                 }
                 expression_routes.push((ri, spec));
                 // Keeps `rules` indexed by route; an expression route has no sub-routes.
-                rules.push(RouteRules {
-                    methods: Vec::new(),
-                    hosts: Vec::new(),
-                    headers: Vec::new(),
-                });
+                rules.push(None);
                 continue;
             }
             let route_rules = compile_rules(ri, spec, &mut errors);
@@ -239,7 +235,7 @@ impl Router {
                     path,
                 });
             }
-            rules.push(route_rules);
+            rules.push((!route_rules.is_unconditional()).then(|| Box::new(route_rules)));
         }
         let expr = if expression_routes.is_empty() {
             None
@@ -260,22 +256,20 @@ impl Router {
         // Stable: sub-routes of one route never tie (their keys differ).
         subs.sort_by(|a, b| b.key.cmp(&a.key).then(a.route.cmp(&b.route)));
 
-        let mut trie = PrefixTrie::default();
+        let mut trie = TrieBuilder::default();
         let mut general = Vec::new();
         let mut by_host: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         let mut max_host_len = 0;
         for (rank, sub) in subs.iter().enumerate() {
-            let route_rules = &rules[sub.route];
+            let hosts = rules[sub.route].as_ref().map_or(&[][..], |r| &r.hosts[..]);
             match &sub.path {
-                PathRule::Prefix(prefixes) if route_rules.is_unconditional() => {
+                PathRule::Prefix(prefixes) if rules[sub.route].is_none() => {
                     for p in prefixes {
                         trie.insert(p.as_bytes(), rank);
                     }
                 }
-                _ if !route_rules.hosts.is_empty()
-                    && route_rules.hosts.iter().all(|h| h.kind == HostKind::Exact) =>
-                {
-                    for h in &route_rules.hosts {
+                _ if !hosts.is_empty() && hosts.iter().all(|h| h.kind == HostKind::Exact) => {
+                    for h in hosts {
                         let ranks = by_host.entry(h.text.clone()).or_default();
                         // Same host with several ports: list the sub-route once.
                         if ranks.last() != Some(&rank) {
@@ -291,7 +285,7 @@ impl Router {
             rules,
             subs,
             general,
-            trie,
+            trie: trie.finish(),
             by_host,
             max_host_len,
             expr,
