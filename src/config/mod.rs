@@ -42,6 +42,9 @@ pub fn load_config_with_env(
     })?;
     let mut ctx = walk::Ctx::new(path, env);
     let cfg = decode::decode(&root, &mut ctx);
+    // The tree is done with: freed before the router check, not kept alongside it (the
+    // tree of 10,000 routes is ~6 MiB, and the allocator keeps a load's peak resident).
+    drop(root);
     let mut errors = ctx.errors;
     if errors.is_empty() {
         errors = compile::check_router(path, &cfg);

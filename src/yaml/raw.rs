@@ -163,10 +163,17 @@ impl Builder {
                 }),
                 Event::SequenceEnd | Event::MappingEnd => {
                     let (node, anchor) = match self.stack.pop() {
-                        Some(Frame::Seq { pos, anchor, items }) => (
+                        Some(Frame::Seq {
+                            pos,
+                            anchor,
+                            mut items,
+                        }) => (
                             Node {
                                 pos,
-                                value: Value::Seq(items),
+                                value: Value::Seq({
+                                    items.shrink_to_fit();
+                                    items
+                                }),
                             },
                             anchor,
                         ),
@@ -178,7 +185,13 @@ impl Builder {
                         }) => (
                             Node {
                                 pos,
-                                value: Value::Map(merge_keys(entries)),
+                                value: Value::Map({
+                                    // Exact size: most maps and sequences are small, and
+                                    // grown by pushes they hold up to twice their length.
+                                    let mut entries = merge_keys(entries);
+                                    entries.shrink_to_fit();
+                                    entries
+                                }),
                             },
                             anchor,
                         ),
