@@ -51,6 +51,9 @@ pub fn decode(root: &Node, ctx: &mut Ctx<'_>) -> Config {
         return cfg;
     };
     let mut pending = Pending::default();
+    // Sized once: grown one push at a time, 10,000 routes would pass through a
+    // 16,384-slot vector at the load's peak.
+    cfg.routes.reserve_exact(route_count(root));
 
     match top.get("_format_version") {
         None => ctx.err(
@@ -134,6 +137,28 @@ pub fn decode(root: &Node, ctx: &mut Ctx<'_>) -> Config {
     cfg.consumers.shrink_to_fit();
     cfg.plugins.shrink_to_fit();
     cfg
+}
+
+/// How many routes the file declares (nested in services and top-level), whether
+/// valid or not.
+fn route_count(root: &Node) -> usize {
+    fn get<'a>(n: &'a Node, key: &str) -> Option<&'a Node> {
+        match &n.value {
+            Value::Map(m) => m.iter().find(|(k, _)| k.name == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+    fn items(n: Option<&Node>) -> &[Node] {
+        match n.map(|n| &n.value) {
+            Some(Value::Seq(s)) => s,
+            _ => &[],
+        }
+    }
+    let nested: usize = items(get(root, "services"))
+        .iter()
+        .map(|s| items(get(s, "routes")).len())
+        .sum();
+    nested + items(get(root, "routes")).len()
 }
 
 fn decode_service(n: &Node, cfg: &mut Config, pending: &mut Pending, ctx: &mut Ctx<'_>) {
@@ -898,18 +923,13 @@ fn resolve(cfg: &mut Config, pending: Pending, ctx: &mut Ctx<'_>) {
             .iter()
             .map(|s| (s.id.as_str(), s.name.as_deref())),
     );
-    let route_by = index_by(
-        cfg.routes
-            .iter()
-            .map(|r| (r.id.as_str(), r.name.as_deref())),
-    );
     let cons_by = index_by(
         cfg.consumers
             .iter()
             .map(|c| (c.id.as_str(), c.username.as_deref())),
     );
-    let lookup = |map: &HashMap<String, usize>, r: &Ref, kind: &str, ctx: &mut Ctx<'_>| {
-        let found = map.get(&r.target).copied();
+    let lookup = |map: &HashMap<&str, usize>, r: &Ref, kind: &str, ctx: &mut Ctx<'_>| {
+        let found = map.get(r.target.as_str()).copied();
         if found.is_none() {
             ctx.err(
                 r.pos,
@@ -924,6 +944,16 @@ fn resolve(cfg: &mut Config, pending: Pending, ctx: &mut Ctx<'_>) {
     for (route, r) in &pending.route_service {
         cfg.routes[*route].service = lookup(&svc_by, r, "service", ctx);
     }
+    // Only plugins name routes: no index of 10,000 route ids and names without one.
+    let route_by = if pending.plugin_refs.iter().any(|p| p.1.is_some()) {
+        index_by(
+            cfg.routes
+                .iter()
+                .map(|r| (r.id.as_str(), r.name.as_deref())),
+        )
+    } else {
+        HashMap::new()
+    };
     for (plugin, route, service, consumer) in &pending.plugin_refs {
         let scope = Scope {
             route: route
@@ -1065,12 +1095,14 @@ fn resolve(cfg: &mut Config, pending: Pending, ctx: &mut Ctx<'_>) {
     }
 }
 
-fn index_by<'a>(items: impl Iterator<Item = (&'a str, Option<&'a str>)>) -> HashMap<String, usize> {
+fn index_by<'a>(
+    items: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) -> HashMap<&'a str, usize> {
     let mut m = HashMap::new();
     for (i, (id, name)) in items.enumerate() {
-        m.entry(id.to_string()).or_insert(i);
+        m.entry(id).or_insert(i);
         if let Some(n) = name {
-            m.entry(n.to_string()).or_insert(i);
+            m.entry(n).or_insert(i);
         }
     }
     m
