@@ -187,7 +187,7 @@ struct RouteMetric {
 impl EncodeMetric for RouteMetric {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let map = self.series.read().unwrap_or_else(PoisonError::into_inner);
-        for h in map.values() {
+        for (labels, h) in map.iter() {
             match self.view {
                 RouteView::Requests => {
                     for (i, c) in h.by_class.iter().enumerate() {
@@ -195,21 +195,21 @@ impl EncodeMetric for RouteMetric {
                         if n == 0 {
                             continue;
                         }
-                        let labels = RequestLabels {
-                            route: Arc::clone(&h.labels.route),
-                            service: Arc::clone(&h.labels.service),
+                        let request = RequestLabels {
+                            route: Arc::clone(&labels.route),
+                            service: Arc::clone(&labels.service),
                             status_class: CLASSES[i],
                         };
                         encoder
-                            .encode_family(&labels)?
+                            .encode_family(&request)?
                             .encode_counter::<NoLabelSet, u64, u64>(&n, None)?;
                     }
                 }
                 RouteView::Latency if !h.total.is_empty() => {
-                    h.total.encode(encoder.encode_family(&h.labels)?)?;
+                    h.total.encode(encoder.encode_family(labels)?)?;
                 }
                 RouteView::UpstreamLatency if !h.upstream.is_empty() => {
-                    h.upstream.encode(encoder.encode_family(&h.labels)?)?;
+                    h.upstream.encode(encoder.encode_family(labels)?)?;
                 }
                 _ => {}
             }
@@ -424,9 +424,8 @@ impl Metrics {
             service: service.into(),
         };
         let mut map = self.routes.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(map.entry(labels).or_insert_with_key(|labels| {
+        Arc::clone(map.entry(labels).or_insert_with(|| {
             Arc::new(RouteHandles {
-                labels: labels.clone(),
                 by_class: Default::default(),
                 total: HistogramData::default(),
                 upstream: HistogramData::default(),
@@ -569,7 +568,7 @@ impl Drop for OpenConnection {
 /// its two latency histograms, in one block.
 #[derive(Debug)]
 pub struct RouteHandles {
-    labels: RouteLabels,
+    // The labels are the key of `Metrics::routes`, not repeated here.
     by_class: [AtomicU64; 5],
     total: HistogramData,
     upstream: HistogramData,
