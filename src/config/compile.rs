@@ -37,6 +37,17 @@ fn routable(cfg: &Config) -> Vec<usize> {
         .collect()
 }
 
+/// Whether the routes that take no part in routing (those of disabled services) compile:
+/// [`compile`] builds the router of the others.
+pub fn unroutable_compile(cfg: &Config) -> bool {
+    let routable = routable(cfg);
+    let specs: Vec<RouteSpec> = (0..cfg.routes.len())
+        .filter(|i| routable.binary_search(i).is_err())
+        .map(|i| spec(&cfg.routes[i]))
+        .collect();
+    specs.is_empty() || Router::new(&specs).is_ok()
+}
+
 /// Router build errors (regexes) mapped back to the route's position.
 pub fn check_router(file: &str, cfg: &Config) -> Vec<ConfigError> {
     let specs: Vec<RouteSpec> = cfg.routes.iter().map(spec).collect();
