@@ -464,21 +464,26 @@ impl TrieBuilder {
 impl PrefixTrie {
     /// Best (lowest) rank among the prefixes of `path`, with that prefix's length.
     fn best_match(&self, path: &[u8]) -> Option<(usize, usize)> {
-        let mut node = self.nodes.first()?;
+        let mut node = *self.nodes.first()?;
         let mut best: Option<(usize, usize)> = node.best().map(|r| (r, 0));
-        for (depth, b) in path.iter().enumerate() {
+        for (depth, &b) in path.iter().enumerate() {
             let start = node.first as usize;
-            let children = self
-                .edges
-                .get(start..start + node.len as usize)
-                .unwrap_or_default();
-            let Ok(i) = children.binary_search_by_key(b, |c| c.0) else {
+            let Some(children) = self.edges.get(start..start + node.len as usize) else {
                 break;
             };
-            let Some(next) = self.nodes.get(children[i].1 as usize) else {
+            // Most nodes have one child or a handful (digits): a scan beats a search.
+            let child = if children.len() <= 8 {
+                children.iter().find(|c| c.0 == b).map(|c| c.1)
+            } else {
+                children
+                    .binary_search_by_key(&b, |c| c.0)
+                    .ok()
+                    .map(|i| children[i].1)
+            };
+            let Some(next) = child.and_then(|c| self.nodes.get(c as usize)) else {
                 break;
             };
-            node = next;
+            node = *next;
             if let Some(r) = node.best()
                 && best.is_none_or(|(br, _)| r < br)
             {
