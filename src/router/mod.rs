@@ -379,7 +379,9 @@ impl<'a> Req<'a> {
 }
 
 /// Byte trie of the prefix paths of unconditional prefix sub-routes (no methods, hosts, headers): for each
-/// prefix, the best rank (position in the sorted sub-route list) of a sub-route having that prefix.
+/// prefix, the best rank (position in the sorted sub-route list) of a sub-route having that prefix. The
+/// same flat trie indexes regex sub-routes by their literal prefix ([`RegexIndex`]), a node's value
+/// being a list number there.
 ///
 /// Stored flat: the nodes in one vector, every node's children as a run (sorted by byte) of one edge
 /// vector, both without spare capacity: 24 bytes a node instead of a vector of children each (about
@@ -393,34 +395,36 @@ struct PrefixTrie {
 
 #[derive(Debug, Clone, Copy)]
 struct TrieNode {
-    /// Best rank of a sub-route with exactly this prefix; `usize::MAX` when none.
-    best: usize,
+    /// The node's value (a rank, or a list number); `usize::MAX` when none.
+    value: usize,
     /// The node's children: `edges[first..first + len]`.
     first: u32,
     len: u32,
 }
 
 impl TrieNode {
-    fn best(&self) -> Option<usize> {
-        (self.best != usize::MAX).then_some(self.best)
+    fn value(&self) -> Option<usize> {
+        (self.value != usize::MAX).then_some(self.value)
     }
 }
 
-/// A [`PrefixTrie`] being built (children in a growable vector per node).
+/// A [`PrefixTrie`] being built (children in a growable vector per node), with a value of type `V`
+/// per node.
 #[derive(Debug, Default)]
-struct TrieBuilder {
-    nodes: Vec<BuilderNode>,
+struct TrieBuilder<V> {
+    nodes: Vec<BuilderNode<V>>,
 }
 
 #[derive(Debug, Default)]
-struct BuilderNode {
+struct BuilderNode<V> {
     /// Sorted by byte.
     children: Vec<(u8, usize)>,
-    best: Option<usize>,
+    value: V,
 }
 
-impl TrieBuilder {
-    fn insert(&mut self, key: &[u8], rank: usize) {
+impl<V: Default> TrieBuilder<V> {
+    /// The value of `key`'s node, created (with its path) when missing.
+    fn entry(&mut self, key: &[u8]) -> &mut V {
         if self.nodes.is_empty() {
             self.nodes.push(BuilderNode::default());
         }
@@ -437,12 +441,11 @@ impl TrieBuilder {
                 }
             };
         }
-        let best = &mut self.nodes[node].best;
-        *best = Some(best.map_or(rank, |b| b.min(rank)));
+        &mut self.nodes[node].value
     }
 
-    /// The flat trie (same node numbering).
-    fn finish(self) -> PrefixTrie {
+    /// The flat trie (same node numbering), each node's value mapped by `value`.
+    fn finish(self, mut value: impl FnMut(V) -> Option<usize>) -> PrefixTrie {
         let mut edges = Vec::with_capacity(self.nodes.iter().map(|n| n.children.len()).sum());
         let nodes = self
             .nodes
@@ -451,7 +454,7 @@ impl TrieBuilder {
                 let first = edges.len() as u32;
                 edges.extend(n.children.iter().map(|&(b, child)| (b, child as u32)));
                 TrieNode {
-                    best: n.best.unwrap_or(usize::MAX),
+                    value: value(n.value).unwrap_or(usize::MAX),
                     first,
                     len: n.children.len() as u32,
                 }
@@ -461,11 +464,24 @@ impl TrieBuilder {
     }
 }
 
+impl TrieBuilder<Option<usize>> {
+    /// Records a prefix of the sub-route of this rank (the best rank per prefix is kept).
+    fn insert(&mut self, key: &[u8], rank: usize) {
+        let best = self.entry(key);
+        *best = Some(best.map_or(rank, |b| b.min(rank)));
+    }
+}
+
 impl PrefixTrie {
-    /// Best (lowest) rank among the prefixes of `path`, with that prefix's length.
-    fn best_match(&self, path: &[u8]) -> Option<(usize, usize)> {
-        let mut node = *self.nodes.first()?;
-        let mut best: Option<(usize, usize)> = node.best().map(|r| (r, 0));
+    /// Calls `f(length, value)` for every node with a value along `path`: the root (length 0), then
+    /// the nodes of `path`'s prefixes, shortest first.
+    fn walk(&self, path: &[u8], mut f: impl FnMut(usize, usize)) {
+        let Some(mut node) = self.nodes.first().copied() else {
+            return;
+        };
+        if let Some(v) = node.value() {
+            f(0, v);
+        }
         for (depth, &b) in path.iter().enumerate() {
             let start = node.first as usize;
             let Some(children) = self.edges.get(start..start + node.len as usize) else {
@@ -484,13 +500,67 @@ impl PrefixTrie {
                 break;
             };
             node = *next;
-            if let Some(r) = node.best()
-                && best.is_none_or(|(br, _)| r < br)
-            {
-                best = Some((r, depth + 1));
+            if let Some(v) = node.value() {
+                f(depth + 1, v);
             }
         }
+    }
+
+    /// Best (lowest) rank among the prefixes of `path`, with that prefix's length.
+    fn best_match(&self, path: &[u8]) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, usize)> = None;
+        self.walk(path, |len, rank| {
+            if best.is_none_or(|(br, _)| rank < br) {
+                best = Some((rank, len));
+            }
+        });
         best
+    }
+}
+
+/// Regex sub-routes without methods, hosts or headers whose every regex needs the path to start
+/// with a literal (`~/api/v1/users/\d+` needs `/api/v1/users/`), by that literal: a request only
+/// tries the regexes whose literal starts its path, not every regex of the table.
+#[derive(Debug, Default)]
+struct RegexIndex {
+    trie: PrefixTrie,
+    /// Ranks (ascending) per trie value.
+    lists: Vec<Box<[usize]>>,
+}
+
+impl RegexIndex {
+    fn new(builder: TrieBuilder<Vec<usize>>) -> RegexIndex {
+        let mut lists = Vec::new();
+        let trie = builder.finish(|mut ranks| {
+            if ranks.is_empty() {
+                return None;
+            }
+            ranks.sort_unstable();
+            ranks.dedup();
+            lists.push(ranks.into_boxed_slice());
+            Some(lists.len() - 1)
+        });
+        RegexIndex { trie, lists }
+    }
+
+    /// Ranks (ascending, no duplicates) of the indexed sub-routes whose literal starts `path`.
+    fn candidates(&self, path: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        if self.lists.is_empty() {
+            return out;
+        }
+        let mut lists = 0;
+        self.trie.walk(path, |_, i| {
+            if let Some(l) = self.lists.get(i) {
+                out.extend_from_slice(l);
+                lists += 1;
+            }
+        });
+        if lists > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
     }
 }
 
@@ -506,10 +576,12 @@ pub struct Router {
     /// All sub-routes, best first (priority key descending, then route index ascending). A sub-route's
     /// position is its rank.
     subs: Vec<SubRoute>,
-    /// Ranks (ascending) of the sub-routes that are neither in `trie` nor in `by_host`.
+    /// Ranks (ascending) of the sub-routes that are in none of `trie`, `by_regex` and `by_host`.
     general: Vec<usize>,
     /// Unconditional prefix sub-routes.
     trie: PrefixTrie,
+    /// Unconditional regex sub-routes whose regexes all start with a literal.
+    by_regex: RegexIndex,
     /// Sub-routes whose hosts are all exact (no wildcard), by lower-cased host: ranks ascending.
     by_host: HashMap<Box<[u8]>, Vec<usize>>,
     /// Longest key of `by_host`.
@@ -553,24 +625,24 @@ impl Router {
         let plain = self.trie.best_match(r.path);
         let limit = plain.map_or(usize::MAX, |(rank, _)| rank);
         let bucket = self.host_bucket(r.host);
-        // Walk `general` and the host's bucket together in rank order (both ascending, disjoint).
-        let (mut gi, mut bi) = (0, 0);
+        let regex = self.by_regex.candidates(r.path);
+        // Walk `general`, the host's bucket and the regex candidates together in rank order (each
+        // ascending; they are disjoint).
+        let lists = [&self.general[..], bucket, &regex[..]];
+        let mut at = [0usize; 3];
         loop {
-            let rank = match (self.general.get(gi), bucket.get(bi)) {
-                (Some(&g), Some(&b)) if g < b => {
-                    gi += 1;
-                    g
+            let mut next: Option<(usize, usize)> = None;
+            for (li, list) in lists.iter().enumerate() {
+                if let Some(&rank) = list.get(at[li])
+                    && next.is_none_or(|(best, _)| rank < best)
+                {
+                    next = Some((rank, li));
                 }
-                (_, Some(&b)) => {
-                    bi += 1;
-                    b
-                }
-                (Some(&g), None) => {
-                    gi += 1;
-                    g
-                }
-                (None, None) => break,
+            }
+            let Some((rank, li)) = next else {
+                break;
             };
+            at[li] += 1;
             if rank > limit {
                 break;
             }
@@ -651,21 +723,33 @@ impl Router {
     }
 
     fn match_full(&self, sub: &SubRoute, r: &Req<'_>) -> Option<RouteMatch> {
-        let hit = self.match_sub(sub, r)?;
-        let (matched_len, captures) = match (&sub.path, hit) {
-            (PathRule::Prefix(p), PathHit::Prefix(i)) => (Some(p[i].len()), Captures::default()),
-            (PathRule::Regex(p), PathHit::Regex(i)) => {
-                let re = &p[i].1;
-                let caps = re.captures(r.path)?;
-                let whole = caps.get(0)?.len();
-                (Some(whole), captures_of(re, &caps))
+        if let PathRule::Regex(regexes) = &sub.path {
+            if self.rules[sub.route]
+                .as_ref()
+                .is_some_and(|rules| !rules.matches(r))
+            {
+                return None;
             }
-            _ => (None, Captures::default()),
+            // One search per regex (configuration order, the first that matches wins) gives the
+            // captures too.
+            let (re, caps) = regexes
+                .iter()
+                .find_map(|(_, re)| re.captures(r.path).map(|caps| (re, caps)))?;
+            let whole = caps.get(0)?.len();
+            return Some(RouteMatch {
+                route: sub.route,
+                matched_len: Some(whole),
+                captures: captures_of(re, &caps),
+            });
+        }
+        let matched_len = match (&sub.path, self.match_sub(sub, r)?) {
+            (PathRule::Prefix(p), PathHit::Prefix(i)) => Some(p[i].len()),
+            _ => None,
         };
         Some(RouteMatch {
             route: sub.route,
             matched_len,
-            captures,
+            captures: Captures::default(),
         })
     }
 }

@@ -1356,3 +1356,69 @@ fn indexed_find_equals_naive_reference() {
     // the generator must exercise both outcomes
     assert!(matched > 1000 && matched < 5900, "matched {matched}");
 }
+
+#[test]
+fn regex_literal_prefixes() {
+    use super::traditional::literal_prefix as lp;
+    assert_eq!(lp(r"/api/v1/users/(?<id>\d+)$"), "/api/v1/users/");
+    assert_eq!(lp(r"/api/v1/users/\d+"), "/api/v1/users/");
+    assert_eq!(lp("/files?x"), "/file");
+    assert_eq!(lp("/ab*"), "/a");
+    assert_eq!(lp("/ab{2}"), "/a");
+    assert_eq!(lp("/ab+"), "/ab");
+    assert_eq!(lp("/é?"), "/");
+    assert_eq!(lp("/x.y"), "/x");
+    assert_eq!(lp("/a|/b"), "");
+    assert_eq!(lp("/a(?i)b"), "/a");
+    assert_eq!(lp("^/a"), "");
+    assert_eq!(lp("[/]a"), "");
+    assert_eq!(lp("/plain"), "/plain");
+    assert_eq!(lp(""), "");
+}
+
+/// Regex routes indexed by their literal prefix, beside ones that cannot be (alternation, no
+/// literal, methods or hosts), prefix routes and regex_priority: the winner is always the one the
+/// exhaustive ranking (`candidates`, checked inside `Q::find`) puts first.
+#[test]
+fn regex_index_agrees_with_exhaustive_ranking() {
+    let mut routes = vec![
+        paths(&[r"~/api/v1/users/(?<id>\d+)$"]),
+        paths(&[r"~/api/v1/users/\d+/posts", "/api/v1/users/"]),
+        paths(&[r"~/api/v\d/items"]),
+        paths(&["~/zz|/q/a"]),
+        paths(&[r"~.*/secret"]),
+        spec(&["POST"], &[], &[], &[r"~/api/v1/users/\d+"]),
+        spec(&[], &["example.org"], &[], &[r"~/api/v2/"]),
+        paths(&[r"~/api/v1/use?rs/7", r"~/b/(\w+)"]),
+        paths(&["/api"]),
+    ];
+    let mut prio = paths(&[r"~/api/v1/users/1$"]);
+    prio.regex_priority = 5;
+    routes.push(prio);
+    let r = router(&routes);
+    // Only the regexes without a literal prefix, and the route with a method, are tried for every request.
+    let mut general: Vec<usize> = r.general.iter().map(|&k| r.subs[k].route).collect();
+    general.sort_unstable();
+    assert_eq!(general, vec![3, 4, 5]);
+    for (path, want) in [
+        ("/api/v1/users/1", Some(9)),
+        ("/api/v1/users/22", Some(0)),
+        ("/api/v1/users/22/posts", Some(1)),
+        ("/api/v1/users/x", Some(1)),
+        ("/api/v3/items", Some(2)),
+        ("/x/q/a", Some(3)),
+        ("/zz", Some(3)),
+        ("/x/secret", Some(4)),
+        ("/api/v2/z", Some(6)),
+        ("/api/v1/usrs/7", Some(7)),
+        ("/b/zz", Some(7)),
+        ("/api/v9", Some(8)),
+        ("/nothing", None),
+    ] {
+        assert_eq!(Q::new(path).route(&r), want, "{path}");
+    }
+    // More fields: the POST route outranks route 0 for a POST.
+    assert_eq!(Q::new("/api/v1/users/22").method("POST").route(&r), Some(5));
+    let m = Q::new("/api/v1/users/42").find(&r).expect("test value");
+    assert_eq!(m.captures.named, vec![("id".to_string(), "42".to_string())]);
+}

@@ -256,7 +256,8 @@ impl Router {
         // Stable: sub-routes of one route never tie (their keys differ).
         subs.sort_by(|a, b| b.key.cmp(&a.key).then(a.route.cmp(&b.route)));
 
-        let mut trie = TrieBuilder::default();
+        let mut trie: TrieBuilder<Option<usize>> = TrieBuilder::default();
+        let mut by_regex: TrieBuilder<Vec<usize>> = TrieBuilder::default();
         let mut general = Vec::new();
         let mut by_host: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         let mut max_host_len = 0;
@@ -266,6 +267,17 @@ impl Router {
                 PathRule::Prefix(prefixes) if rules[sub.route].is_none() => {
                     for p in prefixes {
                         trie.insert(p.as_bytes(), rank);
+                    }
+                }
+                PathRule::Regex(regexes)
+                    if rules[sub.route].is_none()
+                        && regexes.iter().all(|(p, _)| {
+                            !literal_prefix(p.strip_prefix('~').unwrap_or(p)).is_empty()
+                        }) =>
+                {
+                    for (p, _) in regexes {
+                        let literal = literal_prefix(p.strip_prefix('~').unwrap_or(p));
+                        by_regex.entry(literal.as_bytes()).push(rank);
                     }
                 }
                 _ if !hosts.is_empty() && hosts.iter().all(|h| h.kind == HostKind::Exact) => {
@@ -285,12 +297,36 @@ impl Router {
             rules,
             subs,
             general,
-            trie: trie.finish(),
+            trie: trie.finish(|best| best),
+            by_regex: RegexIndex::new(by_regex),
             by_host,
             max_host_len,
             expr,
         })
     }
+}
+
+/// The literal text every match of the `^`-anchored regex path `src` starts with (Kong anchors a regex
+/// path by prepending `^`): its characters up to the first one with a meaning in a regex, less the
+/// last when a quantifier follows it. Empty when there is none, or when `src` has a `|` anywhere (a
+/// top-level alternative is not anchored: `^/a|/b` matches `/x/b`).
+pub(super) fn literal_prefix(src: &str) -> &str {
+    if src.contains('|') {
+        return "";
+    }
+    let mut end = 0;
+    let mut last_start = 0;
+    for (i, c) in src.char_indices() {
+        match c {
+            '?' | '*' | '{' => return &src[..last_start],
+            '\\' | '.' | '+' | '(' | ')' | '[' | ']' | '}' | '^' | '$' => return &src[..end],
+            _ => {
+                last_start = i;
+                end = i + c.len_utf8();
+            }
+        }
+    }
+    &src[..end]
 }
 
 /// `regex parse error: unclosed group` out of the regex crate's multi-line message.
