@@ -521,17 +521,12 @@ fn render_header(
     if v.is_empty() {
         v.push(b' ');
     }
-    // Checked in place (the rules of `HeaderValue::from_bytes`), then the rendered
-    // bytes become the value (no second copy).
-    if !v.iter().all(|&b| b == b'\t' || (b >= 32 && b != 127)) {
-        return Err(LuaError(format!(
+    HeaderValue::from_bytes(&v).map(Some).map_err(|_| {
+        LuaError(format!(
             "invalid value for header '{name}': {:?}",
             String::from_utf8_lossy(&v)
-        )));
-    }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
-        .map(Some)
-        .map_err(|_| LuaError(format!("invalid value for header '{name}'")))
+        ))
+    })
 }
 
 fn lossy(v: Vec<u8>) -> String {

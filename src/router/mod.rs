@@ -37,6 +37,7 @@
 //! - Captures of header regexes are not mixed into `uri_captures` (Kong's ATC router collects captures of
 //!   every regex predicate of the matcher into one map, so a header regex can overwrite a path capture).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
@@ -543,24 +544,31 @@ impl RegexIndex {
         RegexIndex { trie, lists }
     }
 
-    /// Ranks (ascending, no duplicates) of the indexed sub-routes whose literal starts `path`.
-    fn candidates(&self, path: &[u8]) -> Vec<usize> {
-        let mut out = Vec::new();
+    /// Ranks (ascending, no duplicates) of the indexed sub-routes whose literal starts `path`:
+    /// borrowed when one literal does (the usual case), merged only when several do.
+    fn candidates(&self, path: &[u8]) -> Cow<'_, [usize]> {
+        let mut found: Cow<'_, [usize]> = Cow::Borrowed(&[]);
         if self.lists.is_empty() {
-            return out;
+            return found;
         }
-        let mut lists = 0;
+        let mut merged = false;
         self.trie.walk(path, |_, i| {
-            if let Some(l) = self.lists.get(i) {
-                out.extend_from_slice(l);
-                lists += 1;
+            let Some(list) = self.lists.get(i) else {
+                return;
+            };
+            if found.is_empty() {
+                found = Cow::Borrowed(list);
+            } else {
+                found.to_mut().extend_from_slice(list);
+                merged = true;
             }
         });
-        if lists > 1 {
-            out.sort_unstable();
-            out.dedup();
+        if merged {
+            let all = found.to_mut();
+            all.sort_unstable();
+            all.dedup();
         }
-        out
+        found
     }
 }
 

@@ -262,22 +262,27 @@ impl Router {
         let mut by_host: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         let mut max_host_len = 0;
         for (rank, sub) in subs.iter().enumerate() {
+            // An unconditional regex sub-route whose every regex has a literal prefix.
+            if rules[sub.route].is_none()
+                && let PathRule::Regex(regexes) = &sub.path
+                && let Some(literals) = regexes
+                    .iter()
+                    .map(|(p, _)| {
+                        let literal = literal_prefix(p.strip_prefix('~').unwrap_or(p));
+                        (!literal.is_empty()).then_some(literal)
+                    })
+                    .collect::<Option<Vec<&str>>>()
+            {
+                for literal in literals {
+                    by_regex.entry(literal.as_bytes()).push(rank);
+                }
+                continue;
+            }
             let hosts = rules[sub.route].as_ref().map_or(&[][..], |r| &r.hosts[..]);
             match &sub.path {
                 PathRule::Prefix(prefixes) if rules[sub.route].is_none() => {
                     for p in prefixes {
                         trie.insert(p.as_bytes(), rank);
-                    }
-                }
-                PathRule::Regex(regexes)
-                    if rules[sub.route].is_none()
-                        && regexes.iter().all(|(p, _)| {
-                            !literal_prefix(p.strip_prefix('~').unwrap_or(p)).is_empty()
-                        }) =>
-                {
-                    for (p, _) in regexes {
-                        let literal = literal_prefix(p.strip_prefix('~').unwrap_or(p));
-                        by_regex.entry(literal.as_bytes()).push(rank);
                     }
                 }
                 _ if !hosts.is_empty() && hosts.iter().all(|h| h.kind == HostKind::Exact) => {
