@@ -32,7 +32,7 @@ use crate::error::GatewayError;
 pub use crate::limits::Limits;
 use crate::metrics::{ConnectionError, OpenConnection};
 use crate::proxy::{self, Gateway, Listener};
-use crate::watchdog::{Activity, Verdict};
+use crate::watchdog::{Activity, Gated, Verdict};
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -446,37 +446,62 @@ impl Connection {
         let mut first_deadline = true;
         let mut draining = false;
         let result = loop {
-            tokio::select! {
+            // The timers and the drain signal, looked at only when one of them fires
+            // (not on every poll the socket's reads and writes cause).
+            let watch = Gated::new(async {
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep_until(deadline), if first_deadline => Event::FirstDeadline,
+                    _ = signal.changed(), if !draining => Event::Drain,
+                    _ = tick.tick(), if period.is_some() => Event::Tick,
+                    else => std::future::pending().await,
+                }
+            });
+            let event = tokio::select! {
+                biased;
                 r = conn.as_mut() => break r,
-                _ = tokio::time::sleep_until(deadline), if first_deadline => {
+                e = watch => e,
+            };
+            match event {
+                Event::FirstDeadline => {
                     first_deadline = false;
                     // Before any request: still in hyper's protocol detection, or an
                     // HTTP/2 connection that never sent one. Slowloris either way.
                     if !seen.load(Ordering::Relaxed) {
-                        self.gw.metrics.connection_error(ConnectionError::HeaderTimeout);
+                        self.gw
+                            .metrics
+                            .connection_error(ConnectionError::HeaderTimeout);
                         tracing::debug!(%peer, "no request head within the header timeout; closing");
                         return;
                     }
                 }
-                _ = signal.changed(), if !draining => {
+                Event::Drain => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tick.tick(), if period.is_some() => match activity.check(idle, send, header) {
+                Event::Tick => match activity.check(idle, send, header) {
                     Verdict::Fine => {}
-                    Verdict::Idle => if !draining {
-                        draining = true;
-                        self.gw.metrics.connection_error(ConnectionError::IdleTimeout);
-                        tracing::debug!(%peer, "HTTP/2 connection idle; GOAWAY");
-                        conn.as_mut().graceful_shutdown();
-                    },
+                    Verdict::Idle => {
+                        if !draining {
+                            draining = true;
+                            self.gw
+                                .metrics
+                                .connection_error(ConnectionError::IdleTimeout);
+                            tracing::debug!(%peer, "HTTP/2 connection idle; GOAWAY");
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
                     Verdict::HeaderTimeout => {
-                        self.gw.metrics.connection_error(ConnectionError::HeaderTimeout);
+                        self.gw
+                            .metrics
+                            .connection_error(ConnectionError::HeaderTimeout);
                         tracing::debug!(%peer, "no request head within the header timeout; closing");
                         return;
                     }
                     Verdict::SendStalled => {
-                        self.gw.metrics.connection_error(ConnectionError::SendTimeout);
+                        self.gw
+                            .metrics
+                            .connection_error(ConnectionError::SendTimeout);
                         tracing::debug!(%peer, "client took no response bytes within the send timeout; closing");
                         return;
                     }
@@ -495,6 +520,14 @@ impl Connection {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     }
+}
+
+/// What woke a connection task's watch: its first head's deadline, the drain, or a
+/// look at its timeouts.
+enum Event {
+    FirstDeadline,
+    Drain,
+    Tick,
 }
 
 /// Held by every connection task; changes (or closes) when the drain starts.
