@@ -824,25 +824,41 @@ impl<'a> Exchange<'a> {
             route.strip_path,
         );
         // A plugin's set_path (request-transformer replace.uri) replaces the join.
-        let mut target = access.overrides.path.take().unwrap_or(joined);
-        if let Some(q) = parts.uri.query() {
-            target.push('?');
-            target.push_str(q);
-        }
+        let target = access.overrides.path.take().unwrap_or(joined);
         // Origin-form: the connection is chosen by the service's scheme and authority.
-        let uri = match http::Uri::builder().path_and_query(target).build() {
-            Ok(u) => u,
-            Err(_) => {
-                return ControlFlow::Break(self.error(
-                    GatewayError::BadRequest,
-                    &parts.headers,
-                    method,
-                ));
+        // A path that comes out as the client sent it (no strip, no service path, already
+        // normal) keeps the client's parsed path and query instead of being parsed again.
+        let uri = match parts.uri.path_and_query() {
+            Some(pq) if pq.path() == target => http::Uri::from(pq.clone()),
+            _ => {
+                let mut target = target;
+                if let Some(q) = parts.uri.query() {
+                    target.push('?');
+                    target.push_str(q);
+                }
+                match http::Uri::builder().path_and_query(target).build() {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return ControlFlow::Break(self.error(
+                            GatewayError::BadRequest,
+                            &parts.headers,
+                            method,
+                        ));
+                    }
+                }
             }
         };
 
-        let accept = parts.headers.get(header::ACCEPT).cloned();
-        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+        // Kept for an error answer's content negotiation: one pass over the names
+        // (standard ones compare as numbers) costs less than two lookups.
+        let (mut accept, mut content_type) = (None, None);
+        for (name, value) in &parts.headers {
+            if name == header::ACCEPT {
+                accept.get_or_insert_with(|| value.clone());
+            } else if name == header::CONTENT_TYPE {
+                content_type.get_or_insert_with(|| value.clone());
+            }
+        }
         let needs_req_headers = chain.iter().any(|l| l.plugin.has_header_filter());
         let req_headers = needs_req_headers.then(|| {
             let mut kept = HeaderMap::new();
@@ -1362,16 +1378,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     if connection {
         // Names the client lists; keep-alive and upgrade are among the fixed ones.
         let mut listed: Vec<HeaderName> = Vec::new();
+        // Split as bytes: the values are a word or two, too short for a str searcher.
         for token in h
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .filter(|v| v.to_str().is_ok())
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
         {
-            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("upgrade") {
+            if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"upgrade") {
                 // Removed below when present.
-            } else if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+            } else if let Ok(n) = HeaderName::from_bytes(token) {
                 listed.push(n);
             }
         }

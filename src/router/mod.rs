@@ -234,7 +234,8 @@ impl HostPattern {
 /// Kong's `split_host_port`: split at the first `:` when what follows is a number, else keep the whole
 /// text as the host (so `[::1]:80` stays a host without port, exactly like Kong).
 fn split_host_port(s: &str) -> (&str, Option<u64>) {
-    if let Some(i) = s.find(':') {
+    // A byte scan: a host is a few bytes, too short for the searcher `find` sets up.
+    if let Some(i) = s.bytes().position(|b| b == b':') {
         let rest = &s.as_bytes()[i + 1..];
         if !rest.is_empty() && rest.iter().all(u8::is_ascii_digit) {
             let port = rest.iter().fold(0u64, |acc, d| {
