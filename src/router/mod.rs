@@ -704,6 +704,13 @@ impl Router {
         out
     }
 
+    /// The route's methods, hosts and headers accept the request (a route without any does).
+    fn rules_match(&self, route: usize, r: &Req<'_>) -> bool {
+        self.rules[route]
+            .as_ref()
+            .is_none_or(|rules| rules.matches(r))
+    }
+
     /// Does the sub-route match, and with which path. Cheap conditions first, regexes last.
     fn match_sub(&self, sub: &SubRoute, r: &Req<'_>) -> Option<PathHit> {
         let hit = match &sub.path {
@@ -715,10 +722,7 @@ impl Router {
             ),
             PathRule::Regex(_) => PathHit::Regex(0),
         };
-        if self.rules[sub.route]
-            .as_ref()
-            .is_some_and(|rules| !rules.matches(r))
-        {
+        if !self.rules_match(sub.route, r) {
             return None;
         }
         if let PathRule::Regex(regexes) = &sub.path {
@@ -733,10 +737,7 @@ impl Router {
 
     fn match_full(&self, sub: &SubRoute, r: &Req<'_>) -> Option<RouteMatch> {
         if let PathRule::Regex(regexes) = &sub.path {
-            if self.rules[sub.route]
-                .as_ref()
-                .is_some_and(|rules| !rules.matches(r))
-            {
+            if !self.rules_match(sub.route, r) {
                 return None;
             }
             // One search per regex (configuration order, the first that matches wins) gives the
